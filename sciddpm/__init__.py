@@ -1,0 +1,26 @@
+"""sciddpm: diffusion probabilistic models for science data.
+
+The core is modality-agnostic: a noise schedule (``sciddpm.schedules``), a state space
+(``sciddpm.spaces``), an ε-predictor (``sciddpm.objectives``) and stateless samplers
+(``sciddpm.samplers``), with likelihoods (``sciddpm.likelihood``) and an exact Gaussian-mixture oracle
+(``sciddpm.oracle``) for testing every formula. Domains live in ``sciddpm.domains``.
+"""
+from .likelihood import LikelihoodResult, elbo, ode_log_likelihood
+from .objectives import denoising_loss, eps_predictor
+from .oracle import GaussianMixture, sliced_wasserstein2
+from .samplers import (SAMPLERS, SamplerOutput, ddim, ddpm, dpm_solver_pp_2m, euler_maruyama, get_sampler, heun,
+                       predictor_corrector, prior_sample, probability_flow_rk45, time_grid)
+from .schedules import (CosineSchedule, DiscreteSchedule, LinearSchedule, NoiseSchedule, PolynomialSchedule,
+                        SubVPSchedule, VESchedule, VPSchedule, schedule_from_config)
+from .spaces import DenseSpace, GraphSpace, MaskedSpace, ProductSpace, Space, TorusSpace, ZeroCoMSpace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CosineSchedule", "DenseSpace", "DiscreteSchedule", "GaussianMixture", "GraphSpace", "LikelihoodResult",
+    "LinearSchedule", "MaskedSpace", "NoiseSchedule", "PolynomialSchedule", "ProductSpace", "SAMPLERS",
+    "SamplerOutput", "Space", "SubVPSchedule", "TorusSpace", "VESchedule", "VPSchedule", "ZeroCoMSpace", "ddim",
+    "ddpm", "denoising_loss", "dpm_solver_pp_2m", "elbo", "eps_predictor", "euler_maruyama", "get_sampler", "heun",
+    "ode_log_likelihood", "predictor_corrector", "prior_sample", "probability_flow_rk45", "schedule_from_config",
+    "sliced_wasserstein2", "time_grid",
+]

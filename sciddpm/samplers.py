@@ -1,0 +1,395 @@
+"""Stateless samplers for the reverse process, each next to its equation.
+
+Every sampler has the form ``sampler(eps_fn, schedule, space, x_T, grid, ...) -> SamplerOutput`` where
+``eps_fn(x, t)`` is an ε-predictor (a wrapped network, a guidance wrapper, or the oracle), ``grid`` is an
+explicit decreasing time grid from ``time_grid`` ending exactly at the data end, and the output carries the
+sample and the number of network evaluations (NFE). Guidance never lives here: it wraps ``eps_fn``.
+
+Notation: α_t, σ_t from the schedule; λ_t = log(α_t²/σ_t²); skip coefficients α_{t|s}, β_{t|s} (s < t);
+x̂₀ = (x_t − σ_t ε̂)/α_t.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .objectives import predict_x0
+from .schedules import NoiseSchedule
+from .spaces import Space
+
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+GridKind = Literal["uniform", "quadratic", "logsnr"]
+
+
+@dataclass
+class SamplerOutput:
+    """A sampler's result: the final state and the number of ε-network evaluations used."""
+
+    sample: Tensor
+    nfe: int
+
+
+class _CountedEps:
+    """Wraps an ε-predictor: feeds it per-sample float64 times and counts its calls (the NFE)."""
+
+    def __init__(self, eps_fn: EpsFn, space: Space) -> None:
+        self.eps_fn, self.space, self.calls = eps_fn, space, 0
+
+    def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
+        self.calls += 1
+        t_b = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1).expand(self.space.batch_size)
+        eps = self.eps_fn(x, t_b)
+        if eps.shape != x.shape:
+            raise ValueError(f"eps_fn returned shape {tuple(eps.shape)} for a state of shape {tuple(x.shape)}")
+        return eps
+
+
+# ==================================================================================================
+# Time grids
+# ==================================================================================================
+def time_grid(schedule: NoiseSchedule, steps: int, kind: GridKind = "uniform") -> Tensor:
+    """A decreasing float64 grid t_0 = t_max > t_1 > … > t_K = t_min with K = ``steps`` intervals.
+
+    ``uniform``: equal spacing in t; ``quadratic``: t spaced as u² for u uniform (DDIM's quadratic
+    sub-sequence, Song et al. 2021a); ``logsnr``: uniform in λ (Lu et al. 2022). For a discrete schedule the
+    grid is a sub-sequence of the integers {0, …, N} (any K ≤ N), made strictly decreasing by construction.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    lo, hi = float(schedule.t_min), float(schedule.t_max)
+    u = np.linspace(0.0, 1.0, steps + 1)
+    if kind == "uniform":
+        g = lo + (hi - lo) * u
+    elif kind == "quadratic":
+        g = lo + (hi - lo) * u**2
+    elif kind == "logsnr":
+        # λ at the data end may be +inf (σ(t_min) = 0): then space λ uniformly between the noise end and the
+        # first level with finite λ (t = 1 for a discrete schedule) and finish with one step to t_min.
+        def lam(t: float) -> float:
+            return float(schedule.log_snr(torch.tensor(t, dtype=torch.float64)))
+
+        t_first = lo
+        if not np.isfinite(lam(lo)):
+            t_first = 1.0 if schedule.num_steps is not None else lo + 1e-3 * (hi - lo)
+        n_inner = steps + 1 if t_first == lo else steps
+        g = schedule.time_at_log_snr(torch.tensor(np.linspace(lam(t_first), lam(hi), n_inner))).numpy()
+        if t_first != lo:
+            g = np.concatenate([[lo], g])
+        g[0], g[-1] = lo, hi
+    else:
+        raise ValueError(f"unknown grid kind {kind!r}; expected uniform, quadratic or logsnr")
+    if schedule.num_steps is not None:
+        n_max = schedule.num_steps
+        if steps > n_max:
+            raise ValueError(f"a discrete schedule of {n_max} steps cannot be sampled in {steps} steps")
+        g = np.round(g).astype(np.int64)
+        g[0], g[-1] = 0, n_max
+        for i in range(1, steps):  # strictly increasing from the data end: push collisions up,
+            g[i] = max(g[i], g[i - 1] + 1)
+        for i in range(steps - 1, 0, -1):  # then down from N, which keeps both ends (K ≤ N)
+            g[i] = min(g[i], g[i + 1] - 1)
+        g = g.astype(np.float64)
+    grid = torch.tensor(g[::-1].copy(), dtype=torch.float64)
+    grid[0], grid[-1] = hi, lo
+    check_grid(schedule, grid)
+    return grid
+
+
+def check_grid(schedule: NoiseSchedule, grid: Tensor) -> None:
+    """Raise ValueError unless the grid is 1-D, strictly decreasing, inside [t_min, t_max], ending at t_min."""
+    if grid.dim() != 1 or grid.numel() < 2:
+        raise ValueError("time grid must be a 1-D tensor with at least 2 points")
+    if not torch.isfinite(grid).all():
+        raise ValueError("time grid contains NaN or inf")
+    if not (grid[1:] < grid[:-1]).all():
+        raise ValueError("time grid must be strictly decreasing (unique, monotone)")
+    schedule.check_time(grid)
+    if float(grid[-1]) != float(schedule.t_min):
+        raise ValueError(f"time grid must end exactly at the data end t_min = {schedule.t_min}, got {float(grid[-1])}")
+
+
+def prior_sample(schedule: NoiseSchedule, space: Space, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """x_T ~ N(0, prior_std² I) in the space."""
+    return schedule.prior_std * space.noise(generator=generator, dtype=dtype)
+
+
+def _prepare(schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor) -> Tensor:
+    space.check(x, name="x_T")
+    if not torch.isfinite(x).all():
+        raise ValueError("x_T contains NaN or inf")
+    check_grid(schedule, grid)
+    return space.project(x)
+
+
+def _coef(value: Tensor, x: Tensor) -> Tensor:
+    """A float64 scalar coefficient as a 0-d tensor in x's dtype/device."""
+    return value.to(device=x.device, dtype=x.dtype)
+
+
+# ==================================================================================================
+# Ancestral samplers
+# ==================================================================================================
+def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
+         variance: str | Tensor = "beta_tilde", generator: torch.Generator | None = None,
+         clip_x0: tuple[float, float] | None = None) -> SamplerOutput:
+    """Ancestral sampling (Ho et al. 2020, Alg. 2) on any grid, via the posterior q(x_s | x_t, x̂₀):
+
+        μ = α_s β_{t|s}/σ_t² · x̂₀ + α_{t|s} σ_s²/σ_t² · x_t,   x_s = μ + v^{1/2} z,
+
+    with v = β̃_{t|s} = σ_s² β_{t|s}/σ_t² (``beta_tilde``), v = β_{t|s} (``beta``), or a supplied table
+    of K per-step variances (e.g. Analytic-DPM's). No noise is added on a step into σ_s = 0.
+    """
+    x = _prepare(schedule, space, x, grid)
+    steps = grid.numel() - 1
+    if isinstance(variance, Tensor):
+        if variance.shape != (steps,):
+            raise ValueError(f"variance table has shape {tuple(variance.shape)}, expected ({steps},) for this grid")
+        if not torch.isfinite(variance).all() or (variance < 0).any():
+            raise ValueError("variance table must be finite and non-negative")
+    elif variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"unknown variance {variance!r}; expected 'beta', 'beta_tilde' or a tensor")
+    eps_fn = _CountedEps(eps_fn, space)
+    for i in range(steps):
+        t, s = grid[i], grid[i + 1]
+        eps = eps_fn(x, t)
+        a_t, sig2_t, a_s, sig2_s = schedule.alpha(t), schedule.sigma_sq(t), schedule.alpha(s), schedule.sigma_sq(s)
+        b_ts = schedule.skip_beta(s, t)
+        x0 = predict_x0(eps, x, _coef(a_t, x), _coef(sig2_t.sqrt(), x))
+        if clip_x0 is not None:
+            x0 = x0.clamp(*clip_x0)
+        mean = _coef(a_s * b_ts / sig2_t, x) * x0 + _coef(schedule.skip_alpha(s, t) * sig2_s / sig2_t, x) * x
+        if isinstance(variance, Tensor):
+            var = variance[i].to(torch.float64)
+        else:
+            var = b_ts if variance == "beta" else sig2_s * b_ts / sig2_t
+        if float(sig2_s) > 0 and float(var) > 0:
+            mean = mean + _coef(var.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
+        x = space.project(mean)
+    return SamplerOutput(x, eps_fn.calls)
+
+
+def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, eta: float = 0.0,
+         generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None) -> SamplerOutput:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) on any grid:
+
+        x_s = α_s x̂₀ + (σ_s² − c²)^{1/2} ε̂ + c z,   c² = η² β̃_{t|s} = η² σ_s² β_{t|s}/σ_t².
+
+    η = 0 is deterministic; η = 1 is ancestral sampling with β̃.
+    """
+    if eta < 0:
+        raise ValueError("eta must be >= 0")
+    x = _prepare(schedule, space, x, grid)
+    eps_fn = _CountedEps(eps_fn, space)
+    for i in range(grid.numel() - 1):
+        t, s = grid[i], grid[i + 1]
+        eps = eps_fn(x, t)
+        x0 = predict_x0(eps, x, _coef(schedule.alpha(t), x), _coef(schedule.sigma(t), x))
+        if clip_x0 is not None:
+            x0 = x0.clamp(*clip_x0)
+            eps = (x - _coef(schedule.alpha(t), x) * x0) / _coef(schedule.sigma(t), x)
+        sig2_s = schedule.sigma_sq(s)
+        c2 = eta**2 * schedule.posterior_variance(s, t) if float(sig2_s) > 0 else torch.zeros((), dtype=torch.float64)
+        x = _coef(schedule.alpha(s), x) * x0 + _coef((sig2_s - c2).clamp_min(0).sqrt(), x) * eps
+        if float(c2) > 0:
+            x = x + _coef(c2.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
+        x = space.project(x)
+    return SamplerOutput(x, eps_fn.calls)
+
+
+# ==================================================================================================
+# SDE samplers (Song et al., ICLR 2021)
+# ==================================================================================================
+def _score(eps_fn: _CountedEps, schedule: NoiseSchedule, x: Tensor, t: Tensor) -> Tensor:
+    """s(x, t) = −ε̂(x, t)/σ_t."""
+    return -eps_fn(x, t) / _coef(schedule.sigma(t), x)
+
+
+def euler_maruyama(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
+                   generator: torch.Generator | None = None, final_noise: bool = False) -> SamplerOutput:
+    """Euler–Maruyama on the reverse SDE dx = [f x − g² s(x, t)] dt + g dW̄ (Anderson 1982; Song et al. 2021):
+
+        x_{s} = x_t − (f_t x_t − g_t² s(x_t, t)) Δ + g_t √Δ z,   Δ = t − s > 0.
+
+    The last step returns the mean (no noise) unless ``final_noise``, as in Song et al.'s code.
+    """
+    x = _prepare(schedule, space, x, grid)
+    eps_fn = _CountedEps(eps_fn, space)
+    steps = grid.numel() - 1
+    for i in range(steps):
+        t, s = grid[i], grid[i + 1]
+        dt = t - s
+        drift = _coef(schedule.drift_coef(t), x) * x - _coef(schedule.diffusion_sq(t), x) * _score(eps_fn, schedule, x, t)
+        x = x - _coef(dt, x) * drift
+        if i < steps - 1 or final_noise:
+            x = x + _coef((schedule.diffusion_sq(t) * dt).sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
+        x = space.project(x)
+    return SamplerOutput(x, eps_fn.calls)
+
+
+def predictor_corrector(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
+                        snr: float = 0.16, corrector_steps: int = 1, generator: torch.Generator | None = None
+                        ) -> SamplerOutput:
+    """Predictor–corrector (Song et al. 2021, Alg. 1–3): at each grid time, ``corrector_steps`` Langevin steps
+
+        x ← x + ε s(x, t) + √(2ε) z,   ε = 2 a (snr ‖z‖ / ‖s‖)²,
+
+    with ‖·‖ the batch mean of per-sample norms (as in Song et al.'s code; per-sample ratios make huge steps
+    for low-dimensional samples near a mode) and a = α_{t|s}² (the discrete α_i of Song's VP corrector, 1 for
+    VE), then one Euler–Maruyama predictor
+    step to the next grid time. NFE = K (1 + corrector_steps).
+    """
+    if snr <= 0 or corrector_steps < 0:
+        raise ValueError("snr must be > 0 and corrector_steps >= 0")
+    x = _prepare(schedule, space, x, grid)
+    eps_fn = _CountedEps(eps_fn, space)
+    steps = grid.numel() - 1
+    for i in range(steps):
+        t, s = grid[i], grid[i + 1]
+        a = schedule.skip_alpha(s, t) ** 2
+        for _ in range(corrector_steps):
+            grad = _score(eps_fn, schedule, x, t)
+            z = space.noise(generator=generator, dtype=x.dtype)
+            z_norm = space.sum_per_sample(z * z).sqrt().mean()
+            g_norm = space.sum_per_sample(grad * grad).sqrt().mean().clamp_min(torch.finfo(x.dtype).tiny)
+            step = 2 * _coef(a, x) * (snr * z_norm / g_norm) ** 2
+            x = space.project(x + step * grad + (2 * step).sqrt() * z)
+        dt = t - s
+        drift = _coef(schedule.drift_coef(t), x) * x - _coef(schedule.diffusion_sq(t), x) * _score(eps_fn, schedule, x, t)
+        x = x - _coef(dt, x) * drift
+        if i < steps - 1:
+            x = x + _coef((schedule.diffusion_sq(t) * dt).sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
+        x = space.project(x)
+    return SamplerOutput(x, eps_fn.calls)
+
+
+# ==================================================================================================
+# Probability-flow ODE
+# ==================================================================================================
+def probability_flow_velocity(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, t: Tensor) -> Tensor:
+    """dx/dt = f(t) x − ½ g(t)² s(x, t) = f x + ½ g²/σ · ε̂(x, t) (Song et al. 2021, eq. 13)."""
+    return _coef(schedule.drift_coef(t), x) * x + _coef(0.5 * schedule.diffusion_sq(t) / schedule.sigma(t), x) * eps_fn(x, t)
+
+
+def noise_to_time(schedule: NoiseSchedule, varsigma: Tensor) -> Tensor:
+    """t(ς) for EDM's noise level ς = σ/α = e^{−λ/2} (ς = 0 maps to the data end)."""
+    varsigma = torch.as_tensor(varsigma, dtype=torch.float64)
+    if float(varsigma) <= 0:
+        return torch.tensor(schedule.t_min, dtype=torch.float64)
+    t = schedule.time_at_log_snr(-2.0 * torch.log(varsigma))
+    return t.clamp(schedule.t_min, schedule.t_max)
+
+
+def scaled_noise_level(schedule: NoiseSchedule, t: Tensor) -> Tensor:
+    """ς(t) = σ_t/α_t = e^{−λ_t/2}: the noise level of the rescaled state y = x/α (Karras et al. 2022)."""
+    return schedule.sigma(t) / schedule.alpha(t)
+
+
+def probability_flow_rk45(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
+                          rtol: float = 1e-5, atol: float = 1e-5) -> SamplerOutput:
+    """Integrate the probability-flow ODE with scipy's adaptive RK45 (float64), from grid[0] to grid[-1].
+
+    The ODE dx/dt = f x − ½ g² s is solved in EDM's variables y = x/α, ς = σ/α, where it reads
+    dy/dς = ε̂(α y, t(ς)) (Karras et al. 2022, eq. 4 with s(t) = α): smooth down to ς = 0 for every schedule,
+    whereas the t-form has a 1/σ singularity at a discrete schedule's data end. Only the grid's end points are
+    used (the solver picks its own steps); NFE is the solver's count of evaluations.
+    """
+    from scipy.integrate import solve_ivp
+
+    x = _prepare(schedule, space, x, grid)
+    counted = _CountedEps(eps_fn, space)
+    shape, dtype, device = x.shape, x.dtype, x.device
+
+    def rhs(vs: float, y: np.ndarray) -> np.ndarray:
+        t = noise_to_time(schedule, torch.tensor(vs))
+        yt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
+        with torch.no_grad():
+            eps = counted(space.project(yt * _coef(schedule.alpha(t), yt)), t)
+        return space.project(eps).detach().to("cpu", torch.float64).numpy().reshape(-1)
+
+    vs_start, vs_end = scaled_noise_level(schedule, grid[0]), scaled_noise_level(schedule, grid[-1])
+    y0 = (x / _coef(schedule.alpha(grid[0]), x)).detach().to("cpu", torch.float64).numpy().reshape(-1)
+    sol = solve_ivp(rhs, (float(vs_start), float(vs_end)), y0, method="RK45", rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"RK45 failed: {sol.message}")
+    y_end = torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype)
+    return SamplerOutput(space.project(y_end * _coef(schedule.alpha(grid[-1]), y_end)), counted.calls)
+
+
+def heun(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor) -> SamplerOutput:
+    """Heun's 2nd-order method on the probability-flow ODE in EDM's variables (Karras et al. 2022, Alg. 1):
+
+    with y = x/α and ς = σ/α = e^{−λ/2}, the ODE is dy/dς = ε̂(α y, t(ς)) for every schedule. Each step
+    takes an Euler step in ς and corrects with the slope at its end, except into ς = 0 (Euler only).
+    """
+    x = _prepare(schedule, space, x, grid)
+    eps_fn = _CountedEps(eps_fn, space)
+    for i in range(grid.numel() - 1):
+        t, s = grid[i], grid[i + 1]
+        a_t, a_s = schedule.alpha(t), schedule.alpha(s)
+        vs_t, vs_s = scaled_noise_level(schedule, t), scaled_noise_level(schedule, s)
+        y = x / _coef(a_t, x)
+        d = eps_fn(x, t)
+        y_next = y + _coef(vs_s - vs_t, x) * d
+        if float(vs_s) > 0:
+            d2 = eps_fn(space.project(y_next * _coef(a_s, x)), s)
+            y_next = y + _coef(vs_s - vs_t, x) * 0.5 * (d + d2)
+        x = space.project(y_next * _coef(a_s, x))
+    return SamplerOutput(x, eps_fn.calls)
+
+
+def dpm_solver_pp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
+                     lower_order_final: bool = True) -> SamplerOutput:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), the multistep 2nd-order data-prediction solver.
+
+    With h = log(α/σ) differences h_i = ℓ_{t_i} − ℓ_{t_{i−1}} and x̂₀ predictions D:
+        x_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x − α_{t_i} (e^{−h_i} − 1) D_i,
+    D_i = x̂₀_{i−1} on the first step (and on the final step when ``lower_order_final`` and K < 15, or when
+    landing on σ = 0), else D_i = (1 + 1/(2r_i)) x̂₀_{i−1} − 1/(2r_i) x̂₀_{i−2}, r_i = h_{i−1}/h_i.
+    """
+    x = _prepare(schedule, space, x, grid)
+    eps_fn = _CountedEps(eps_fn, space)
+    steps = grid.numel() - 1
+    half_lam = 0.5 * schedule.log_snr(grid)
+    prev_x0: Tensor | None = None
+    prev_h: Tensor | None = None
+    for i in range(steps):
+        t, s = grid[i], grid[i + 1]
+        a_t, sig_t, a_s, sig_s = schedule.alpha(t), schedule.sigma(t), schedule.alpha(s), schedule.sigma(s)
+        x0 = predict_x0(eps_fn(x, t), x, _coef(a_t, x), _coef(sig_t, x))
+        if float(sig_s) == 0.0:  # λ_s = +inf: the exact step is x_s = α_s x̂₀
+            x = space.project(_coef(a_s, x) * x0)
+            break
+        h = half_lam[i + 1] - half_lam[i]
+        final_low = lower_order_final and steps < 15 and i == steps - 1
+        if prev_x0 is None or final_low:
+            d = x0
+        else:
+            r = prev_h / h
+            d = _coef(1 + 1 / (2 * r), x) * x0 - _coef(1 / (2 * r), x) * prev_x0
+        x = _coef(sig_s / sig_t, x) * x - _coef(a_s * torch.expm1(-h), x) * d
+        x = space.project(x)
+        prev_x0, prev_h = x0, h
+    return SamplerOutput(x, eps_fn.calls)
+
+
+SAMPLERS: dict[str, Callable[..., SamplerOutput]] = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler_maruyama": euler_maruyama,
+    "pc": predictor_corrector,
+    "rk45": probability_flow_rk45,
+    "heun": heun,
+    "dpm_solver_pp_2m": dpm_solver_pp_2m,
+}
+
+
+def get_sampler(name: str) -> Callable[..., SamplerOutput]:
+    """Look up a sampler by name; ValueError listing the known names otherwise."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]

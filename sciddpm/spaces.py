@@ -1,0 +1,347 @@
+"""State spaces: where a batch of diffusion states lives.
+
+A space is bound to one batch and knows how to draw noise in it, project onto it, broadcast a per-sample
+scalar (such as t or σ(t)) to every element, reduce over the elements of each sample, and how many degrees
+of freedom d each sample has. Samplers, losses, variance estimators and likelihoods see states only
+through these operations, which is what makes the core modality-agnostic.
+
+Layouts: ``DenseSpace`` ([B, ...]), ``MaskedSpace`` (padded sets [B, N_max, F] with a node mask) and
+``GraphSpace`` (a flat PyG node tensor [n_nodes, F] with a ``batch`` index). Constraints wrap a set layout:
+``ZeroCoMSpace`` (zero centre of mass, d = F(N − 1); Hoogeboom et al. 2022, §3) and ``TorusSpace``
+(angles wrapped to (−π, π]). ``ProductSpace`` joins parts along the last axis (positions ⊕ features).
+
+Noise in set layouts is drawn in flat node order (molecule by molecule, node by node), so a padded batch
+and a flat graph batch of the same molecules receive identical noise from the same generator.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+class Space(ABC):
+    """A batch of states: noise, projection, per-sample broadcasting and reduction, degrees of freedom."""
+
+    #: Shape of a state tensor in this space.
+    shape: torch.Size
+    #: Number of samples in the batch.
+    batch_size: int
+    device: torch.device
+
+    @abstractmethod
+    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """A standard normal draw in the space (zero on padding, projected onto constraints)."""
+
+    @abstractmethod
+    def project(self, x: Tensor) -> Tensor:
+        """Project a state onto the space (zero padding, remove the centre of mass, wrap angles)."""
+
+    @abstractmethod
+    def broadcast(self, per_sample: Tensor) -> Tensor:
+        """Reshape a per-sample tensor [B] so that it broadcasts against a state."""
+
+    @abstractmethod
+    def sum_per_sample(self, x: Tensor) -> Tensor:
+        """Σ over the valid elements of each sample: [B]."""
+
+    @property
+    @abstractmethod
+    def dof(self) -> Tensor:
+        """Degrees of freedom d per sample, float64 [B] (3(N − 1) for N zero-CoM points in 3-D)."""
+
+    @abstractmethod
+    def element_owner(self) -> Tensor:
+        """For every element of a state, the index of the sample it belongs to (−1 on padding); long, state shape."""
+
+    def check(self, x: Tensor, name: str = "state") -> Tensor:
+        """Raise ValueError if x's shape does not match the space; return x."""
+        if tuple(x.shape) != tuple(self.shape):
+            raise ValueError(f"{name} has shape {tuple(x.shape)} but the space expects {tuple(self.shape)}")
+        return x
+
+    def zeros(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """A zero state."""
+        return torch.zeros(self.shape, dtype=dtype, device=self.device)
+
+    def mean_square_per_sample(self, x: Tensor) -> Tensor:
+        """‖x‖² / d per sample: the per-degree-of-freedom mean square."""
+        return self.sum_per_sample(x * x) / self.dof.to(x.dtype)
+
+
+class SetLayout(Space):
+    """A layout whose samples are sets of nodes with F features each (needed by ``ZeroCoMSpace``)."""
+
+    feature_dim: int
+
+    @abstractmethod
+    def node_counts(self) -> Tensor:
+        """Number of valid nodes per sample, long [B]."""
+
+    @abstractmethod
+    def node_sum(self, x: Tensor) -> Tensor:
+        """Per-sample sum over valid nodes, [B, F]."""
+
+    @abstractmethod
+    def expand_nodes(self, per_sample: Tensor) -> Tensor:
+        """Place a per-sample feature vector [B, F] on every valid node (zero on padding)."""
+
+    def node_mean(self, x: Tensor) -> Tensor:
+        """Per-sample mean over nodes, [B, F]."""
+        return self.node_sum(x) / self.node_counts().clamp(min=1).to(x.dtype).unsqueeze(-1)
+
+
+# ==================================================================================================
+class DenseSpace(SetLayout):
+    """Dense states [B, ...]. With shape [B, N, F] the middle axis is also a set of N nodes."""
+
+    def __init__(self, shape: Sequence[int], device: torch.device | str = "cpu") -> None:
+        shape = torch.Size(int(s) for s in shape)
+        if len(shape) < 2 or any(s < 1 for s in shape):
+            raise ValueError(f"dense space shape must be [B, ...] with positive sizes, got {tuple(shape)}")
+        self.shape, self.batch_size, self.device = shape, shape[0], torch.device(device)
+        self.feature_dim = shape[-1]
+
+    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.randn(self.shape, generator=generator, dtype=dtype, device=self.device)
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.check(x)
+
+    def broadcast(self, per_sample: Tensor) -> Tensor:
+        return per_sample.reshape((-1,) + (1,) * (len(self.shape) - 1))
+
+    def sum_per_sample(self, x: Tensor) -> Tensor:
+        return self.check(x).reshape(self.batch_size, -1).sum(1)
+
+    @property
+    def dof(self) -> Tensor:
+        return torch.full((self.batch_size,), float(math.prod(self.shape[1:])), dtype=torch.float64, device=self.device)
+
+    def element_owner(self) -> Tensor:
+        return self.broadcast(torch.arange(self.batch_size, device=self.device)).expand(self.shape)
+
+    def node_counts(self) -> Tensor:
+        if len(self.shape) != 3:
+            raise ValueError(f"a set view of a dense space needs shape [B, N, F], got {tuple(self.shape)}")
+        return torch.full((self.batch_size,), self.shape[1], dtype=torch.long, device=self.device)
+
+    def node_sum(self, x: Tensor) -> Tensor:
+        self.node_counts()
+        return self.check(x).sum(dim=1)
+
+    def expand_nodes(self, per_sample: Tensor) -> Tensor:
+        return per_sample.unsqueeze(1).expand(self.shape[0], self.shape[1], per_sample.shape[-1])
+
+
+# ==================================================================================================
+class MaskedSpace(SetLayout):
+    """Padded sets: states [B, N_max, F] with a boolean node mask [B, N_max]; padding is kept at zero."""
+
+    def __init__(self, mask: Tensor, feature_dim: int) -> None:
+        if mask.dim() != 2 or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor [B, N_max], got dtype {mask.dtype} shape {tuple(mask.shape)}")
+        if feature_dim < 1:
+            raise ValueError("feature_dim must be >= 1")
+        self.mask, self.feature_dim = mask, int(feature_dim)
+        self.batch_size, self.device = mask.shape[0], mask.device
+        self.shape = torch.Size((mask.shape[0], mask.shape[1], self.feature_dim))
+        self._fmask = mask.unsqueeze(-1)
+
+    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        flat = torch.randn((int(self.mask.sum()), self.feature_dim), generator=generator, dtype=dtype, device=self.device)
+        out = torch.zeros(self.shape, dtype=dtype, device=self.device)
+        out[self.mask] = flat  # row-major mask order = flat node order
+        return out
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.check(x) * self._fmask
+
+    def broadcast(self, per_sample: Tensor) -> Tensor:
+        return per_sample.reshape(-1, 1, 1)
+
+    def sum_per_sample(self, x: Tensor) -> Tensor:
+        return (self.check(x) * self._fmask).sum(dim=(1, 2))
+
+    @property
+    def dof(self) -> Tensor:
+        return (self.mask.sum(1) * self.feature_dim).to(torch.float64)
+
+    def element_owner(self) -> Tensor:
+        owner = torch.arange(self.batch_size, device=self.device).unsqueeze(1).expand_as(self.mask)
+        return torch.where(self.mask, owner, -1).unsqueeze(-1).expand(self.shape)
+
+    def node_counts(self) -> Tensor:
+        return self.mask.sum(1)
+
+    def node_sum(self, x: Tensor) -> Tensor:
+        return (self.check(x) * self._fmask).sum(1)
+
+    def expand_nodes(self, per_sample: Tensor) -> Tensor:
+        return per_sample.unsqueeze(1) * self._fmask.to(per_sample.dtype)
+
+
+# ==================================================================================================
+class GraphSpace(SetLayout):
+    """Flat graph batches (PyG): node states [n_nodes, F] with ``batch`` [n_nodes] giving each node's sample."""
+
+    def __init__(self, batch: Tensor, feature_dim: int, num_graphs: int | None = None) -> None:
+        if batch.dim() != 1 or batch.dtype != torch.long:
+            raise ValueError(f"batch index must be a long tensor [n_nodes], got dtype {batch.dtype} shape {tuple(batch.shape)}")
+        if feature_dim < 1:
+            raise ValueError("feature_dim must be >= 1")
+        if batch.numel() and batch.min() < 0:
+            raise ValueError("batch index must be non-negative")
+        self.batch, self.feature_dim, self.device = batch, int(feature_dim), batch.device
+        self.batch_size = int(num_graphs) if num_graphs is not None else (int(batch.max()) + 1 if batch.numel() else 0)
+        if batch.numel() and int(batch.max()) >= self.batch_size:
+            raise ValueError(f"batch index has value {int(batch.max())} but num_graphs is {self.batch_size}")
+        self.shape = torch.Size((batch.numel(), self.feature_dim))
+        self._counts = torch.bincount(batch, minlength=self.batch_size)
+
+    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.randn(self.shape, generator=generator, dtype=dtype, device=self.device)
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.check(x)
+
+    def broadcast(self, per_sample: Tensor) -> Tensor:
+        return per_sample.reshape(-1)[self.batch].unsqueeze(-1)
+
+    def sum_per_sample(self, x: Tensor) -> Tensor:
+        per_node = self.check(x).sum(-1)
+        out = torch.zeros(self.batch_size, dtype=x.dtype, device=x.device)
+        return out.index_add_(0, self.batch, per_node)
+
+    @property
+    def dof(self) -> Tensor:
+        return (self._counts * self.feature_dim).to(torch.float64)
+
+    def element_owner(self) -> Tensor:
+        return self.batch.unsqueeze(-1).expand(self.shape)
+
+    def node_counts(self) -> Tensor:
+        return self._counts
+
+    def node_sum(self, x: Tensor) -> Tensor:
+        out = torch.zeros((self.batch_size, x.shape[-1]), dtype=x.dtype, device=x.device)
+        return out.index_add_(0, self.batch, self.check(x))
+
+    def expand_nodes(self, per_sample: Tensor) -> Tensor:
+        return per_sample[self.batch]
+
+
+# ==================================================================================================
+class _Constrained(Space):
+    """Shared plumbing for a constraint wrapped around a set layout."""
+
+    def __init__(self, base: SetLayout) -> None:
+        self.base = base
+        self.shape, self.batch_size, self.device = base.shape, base.batch_size, base.device
+
+    def broadcast(self, per_sample: Tensor) -> Tensor:
+        return self.base.broadcast(per_sample)
+
+    def sum_per_sample(self, x: Tensor) -> Tensor:
+        return self.base.sum_per_sample(x)
+
+    def element_owner(self) -> Tensor:
+        return self.base.element_owner()
+
+
+class ZeroCoMSpace(_Constrained):
+    """Points whose per-sample centre of mass is zero: x ← x − mean_nodes(x); d = F(N − 1).
+
+    The translation-invariant subspace of Hoogeboom et al. (2022, §3.2): noise is drawn in the full space
+    and projected, which is a standard normal in the (N − 1)F-dimensional subspace.
+    """
+
+    def __init__(self, base: SetLayout) -> None:
+        if not isinstance(base, SetLayout):
+            raise ValueError(f"ZeroCoMSpace needs a set layout (dense [B,N,F], masked or graph), got {type(base).__name__}")
+        super().__init__(base)
+        if (base.node_counts() < 2).any():
+            raise ValueError("ZeroCoMSpace needs at least 2 points per sample (one point has no degrees of freedom)")
+
+    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        return self.project(self.base.noise(generator, dtype))
+
+    def project(self, x: Tensor) -> Tensor:
+        x = self.base.project(x)
+        return x - self.base.expand_nodes(self.base.node_mean(x))
+
+    @property
+    def dof(self) -> Tensor:
+        return ((self.base.node_counts() - 1) * self.base.feature_dim).to(torch.float64)
+
+    def centre_of_mass(self, x: Tensor) -> Tensor:
+        """Per-sample centre of mass, [B, F] (zero for states of this space)."""
+        return self.base.node_mean(x)
+
+
+def wrap_angle(x: Tensor) -> Tensor:
+    """Wrap angles to (−π, π]: π − ((π − x) mod 2π)."""
+    return math.pi - torch.remainder(math.pi - x, 2 * math.pi)
+
+
+class TorusSpace(_Constrained):
+    """Angles on the torus (S¹)^F: states are wrapped to (−π, π] after every step; d = number of angles."""
+
+    def __init__(self, base: SetLayout | DenseSpace) -> None:
+        super().__init__(base)
+
+    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        return self.base.noise(generator, dtype)
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.base.project(wrap_angle(x))
+
+    @property
+    def dof(self) -> Tensor:
+        return self.base.dof
+
+
+# ==================================================================================================
+class ProductSpace(Space):
+    """A product of spaces with the same batch layout, joined along the last axis (e.g. positions ⊕ features).
+
+    ``parts`` are spaces whose shapes agree except in the last axis; d is the sum of the parts' d.
+    """
+
+    def __init__(self, parts: Sequence[Space]) -> None:
+        if len(parts) < 1:
+            raise ValueError("ProductSpace needs at least one part")
+        lead = tuple(parts[0].shape[:-1])
+        for i, p in enumerate(parts):
+            if tuple(p.shape[:-1]) != lead:
+                raise ValueError(f"ProductSpace part {i} has shape {tuple(p.shape)}; leading axes must be {lead}")
+        self.parts = list(parts)
+        self.widths = [p.shape[-1] for p in parts]
+        self.shape = torch.Size(lead + (sum(self.widths),))
+        self.batch_size, self.device = parts[0].batch_size, parts[0].device
+
+    def split(self, x: Tensor) -> list[Tensor]:
+        """Split a state into the parts' states."""
+        return list(torch.split(self.check(x), self.widths, dim=-1))
+
+    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.cat([p.noise(generator, dtype) for p in self.parts], dim=-1)
+
+    def project(self, x: Tensor) -> Tensor:
+        return torch.cat([p.project(xi) for p, xi in zip(self.parts, self.split(x))], dim=-1)
+
+    def broadcast(self, per_sample: Tensor) -> Tensor:
+        return self.parts[0].broadcast(per_sample)
+
+    def element_owner(self) -> Tensor:
+        return torch.cat([p.element_owner() for p in self.parts], dim=-1)
+
+    def sum_per_sample(self, x: Tensor) -> Tensor:
+        return sum(p.sum_per_sample(xi) for p, xi in zip(self.parts, self.split(x)))
+
+    @property
+    def dof(self) -> Tensor:
+        return sum(p.dof for p in self.parts)
