@@ -241,7 +241,8 @@ class LinearSchedule(DiscreteSchedule):
         self.beta_start = beta_start if beta_start is not None else scale * 1e-4
         self.beta_end = beta_end if beta_end is not None else scale * 0.02
         if not 0 < self.beta_start <= self.beta_end < 1:
-            raise ValueError("need 0 < beta_start <= beta_end < 1")
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end} "
+                             f"(the default range scales by 1000/num_steps; pass beta_end for num_steps={num_steps})")
         super().__init__(torch.linspace(self.beta_start, self.beta_end, num_steps, dtype=_F64), name="linear")
 
     def config(self) -> dict:

@@ -1,0 +1,225 @@
+"""Optimal reverse variances: Analytic-DPM (Bao, Li, Zhu & Zhang, ICLR 2022) for any grid and any space.
+
+For a reverse step t → s (s < t) of the DDIM family q_λ(x_s | x_t, x₀) = N(μ̃_λ(x_t, x₀), λ² I) with
+μ̃_λ = α_s x₀ + (σ_s² − λ²)^{1/2} (x_t − α_t x₀)/σ_t, the Gaussian p(x_s|x_t) = N(μ̃_λ(x_t, E[x₀|x_t]), v I)
+that maximises the ELBO has (Bao et al. 2022, Theorem 1, written with skip coefficients)
+
+    v* = λ² + (σ_t/α_{t|s} − (σ_s² − λ²)^{1/2})² (1 − Γ_t),     Γ_t = E_{q_t} ‖ε*(x_t, t)‖² / d,
+
+with d the space's degrees of freedom. DDPM uses λ² = β̃_{t|s}; DDIM(η) uses λ² = η² β̃_{t|s}. Replacing ε* by a
+trained ε̂ and Γ_t by a Monte-Carlo estimate gives Analytic-DPM; Theorem 2's bounds keep the estimate honest:
+
+    λ² ≤ v* ≤ λ² + (σ_t/α_{t|s} − (σ_s² − λ²)^{1/2})² · (α_t²/σ_t²) · mean_i((b_i − a_i)/2)²
+
+for data in a box [a, b] (per channel for science data). Γ is estimated once on the schedule's own steps
+(``estimate_gamma``) and interpolated in log-SNR for any grid, so one table serves any number of steps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .schedules import NoiseSchedule
+from .spaces import Space
+
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+
+#: Floor on (1 − Γ_t): a Monte-Carlo Γ ≥ 1 near the data end (where 1 − Γ is below its standard error) must not
+#: give a zero variance, which would make the decoder step look free to the DP and break the ELBO. Where the
+#: table has standard errors, (1 − Γ) is also floored at GAMMA_GAP_SE standard errors: the variance is then
+#: only as small as the estimate can resolve.
+GAMMA_GAP_FLOOR = 1e-6
+GAMMA_GAP_SE = 2.0
+
+
+@dataclass
+class GammaTable:
+    """Γ_t = E‖ε̂(x_t, t)‖²/d at times ``t`` (float64), with its Monte-Carlo standard error."""
+
+    t: Tensor
+    gamma: Tensor
+    stderr: Tensor
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """Γ at arbitrary times, linearly interpolated in t between table entries (exact at the entries)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return self._interp(t, self.gamma)
+
+    def stderr_at(self, t: Tensor) -> Tensor:
+        """The standard error of Γ at arbitrary times (interpolated like Γ)."""
+        return self._interp(torch.as_tensor(t, dtype=torch.float64), self.stderr)
+
+    def _interp(self, t: Tensor, values: Tensor) -> Tensor:
+        order = torch.argsort(self.t)
+        return torch.from_numpy(np.interp(t.numpy(), self.t[order].numpy(), values[order].numpy()))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors to save next to the schedule (safetensors-compatible)."""
+        return {"gamma_t": self.t.contiguous(), "gamma": self.gamma.contiguous(), "gamma_stderr": self.stderr.contiguous()}
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict[str, Tensor]) -> "GammaTable":
+        """Rebuild from ``state_dict``; ValueError naming a missing or inconsistent entry."""
+        for key in ("gamma_t", "gamma", "gamma_stderr"):
+            if key not in tensors:
+                raise ValueError(f"Gamma table is missing tensor {key!r}")
+        t, g, s = (tensors[k].to(torch.float64) for k in ("gamma_t", "gamma", "gamma_stderr"))
+        if not (t.shape == g.shape == s.shape) or t.dim() != 1:
+            raise ValueError("Gamma table tensors must be 1-D and of equal length")
+        if not torch.isfinite(g).all():
+            raise ValueError("Gamma table contains NaN or inf")
+        return cls(t, g, s)
+
+
+def estimate_gamma(eps_fn: EpsFn, schedule: NoiseSchedule, batches: Iterable[tuple[Tensor, Space]], times: Tensor,
+                   generator: torch.Generator | None = None) -> GammaTable:
+    """Monte-Carlo Γ_t = E_{x₀, ε} ‖ε̂(α_t x₀ + σ_t ε, t)‖² / d over the data batches (Bao et al. 2022, eq. 8).
+
+    ``batches`` yields (x₀, space) pairs of training data; every batch is noised at every time in ``times``.
+    Per-sample values ‖ε̂‖²/d are averaged over all samples; the standard error is their SD/√n.
+    """
+    times = torch.as_tensor(times, dtype=torch.float64).flatten()
+    sums = torch.zeros_like(times)
+    sq_sums = torch.zeros_like(times)
+    count = 0
+    for x0, space in batches:
+        space.check(x0, name="x0")
+        if not torch.isfinite(x0).all():
+            raise ValueError("x0 contains NaN or inf")
+        x0 = space.project(x0)
+        for j, t in enumerate(times):
+            eps = space.noise(generator=generator, dtype=x0.dtype)
+            x_t = schedule.alpha(t).to(x0.dtype) * x0 + schedule.sigma(t).to(x0.dtype) * eps
+            with torch.no_grad():
+                eps_hat = eps_fn(x_t, t.expand(space.batch_size))
+            per_sample = space.mean_square_per_sample(eps_hat).to(torch.float64)
+            sums[j] += per_sample.sum()
+            sq_sums[j] += (per_sample**2).sum()
+        count += space.batch_size
+    if count == 0:
+        raise ValueError("estimate_gamma got no data batches")
+    mean = sums / count
+    var = (sq_sums / count - mean**2).clamp_min(0) * count / max(count - 1, 1)
+    return GammaTable(times, mean, (var / count).sqrt())
+
+
+def _lambda_sq(schedule: NoiseSchedule, s: Tensor, t: Tensor, eta: float | None) -> Tensor:
+    """λ² of the DDIM family: β̃_{t|s} for DDPM (eta=None or 1), η² β̃_{t|s} for DDIM(η)."""
+    if float(schedule.sigma_sq(s)) == 0.0:
+        return torch.zeros((), dtype=torch.float64)
+    post = schedule.posterior_variance(s, t)
+    return post if eta is None else eta**2 * post
+
+
+def _x0_coefficient(schedule: NoiseSchedule, s: Tensor, t: Tensor, lam_sq: Tensor) -> Tensor:
+    """c = σ_t/α_{t|s} − (σ_s² − λ²)^{1/2}: the weight of the x₀ error in μ̃_λ (α_s − (σ_s² − λ²)^{1/2} α_t/σ_t)
+    times σ_t/α_t, so that c² (1 − Γ_t) = (x₀ weight)² · E‖x₀ − E[x₀|x_t]‖²/d."""
+    return schedule.sigma(t) / schedule.skip_alpha(s, t) - (schedule.sigma_sq(s) - lam_sq).clamp_min(0).sqrt()
+
+
+def _gap(gamma: Tensor, stderr: Tensor | float = 0.0) -> Tensor:
+    """1 − Γ floored at max(GAMMA_GAP_FLOOR, GAMMA_GAP_SE · stderr)."""
+    floor = torch.clamp(GAMMA_GAP_SE * torch.as_tensor(stderr, dtype=torch.float64), min=GAMMA_GAP_FLOOR)
+    return torch.maximum(1 - torch.as_tensor(gamma, dtype=torch.float64), floor)
+
+
+def analytic_variance(schedule: NoiseSchedule, s: Tensor, t: Tensor, gamma: Tensor, *, eta: float | None = None,
+                      data_range: tuple[Tensor | float, Tensor | float] | None = None,
+                      gamma_stderr: Tensor | float = 0.0) -> Tensor:
+    """The optimal variance v* of the step t → s (Theorem 1), clipped to Theorem 2's bounds.
+
+    ``gamma`` is Γ_t; ``eta`` None gives the DDPM form (λ² = β̃), a number the DDIM(η) form. The lower bound
+    clips (1 − Γ) at 0; the upper bound uses the data box ``data_range`` = (a, b), scalars or per-channel
+    tensors (mean_i((b_i − a_i)/2)² is the per-dimension bound on E Var[x₀|x_t]). (1 − Γ) is floored at
+    ``GAMMA_GAP_FLOOR`` and at ``GAMMA_GAP_SE`` times ``gamma_stderr``, so that the step into the data end never
+    gets a variance smaller than the estimate can resolve.
+    """
+    s, t = torch.as_tensor(s, dtype=torch.float64), torch.as_tensor(t, dtype=torch.float64)
+    lam_sq = _lambda_sq(schedule, s, t, eta)
+    c = _x0_coefficient(schedule, s, t, lam_sq)
+    v = lam_sq + c**2 * _gap(gamma, gamma_stderr)
+    if data_range is not None:
+        a, b = (torch.as_tensor(v_, dtype=torch.float64) for v_ in data_range)
+        if (b <= a).any():
+            raise ValueError("data_range needs b > a in every channel")
+        half_sq = (((b - a) / 2) ** 2).mean()
+        v = torch.minimum(v, lam_sq + c**2 * half_sq * schedule.alpha_sq(t) / schedule.sigma_sq(t))
+    return v
+
+
+def last_step_cap(resolution: float) -> float:
+    """Cap on the last step's variance from the data resolution Δ: E|σ z| = σ √(2/π) ≤ Δ/2, i.e.
+    σ² ≤ (π/2)(Δ/2)² (the "clipping σ₁" of Bao et al. 2022, App. F, with Δ = 2/255 for 8-bit images)."""
+    if resolution <= 0:
+        raise ValueError("resolution must be > 0")
+    return 0.5 * math.pi * (resolution / 2) ** 2
+
+
+def variance_table(schedule: NoiseSchedule, grid: Tensor, gamma: GammaTable | Callable[[Tensor], Tensor], *,
+                   eta: float | None = None, data_range: tuple[Tensor | float, Tensor | float] | None = None,
+                   last_step_resolution: float | None = None) -> Tensor:
+    """Per-step Analytic-DPM variances for a decreasing grid (a table for ``ddpm``/``elbo``), K entries.
+
+    The last entry (the step into the data end) is additionally capped by ``last_step_cap`` when a
+    resolution is given.
+    """
+    vs = []
+    for i in range(grid.numel() - 1):
+        t, s = grid[i], grid[i + 1]
+        se = gamma.stderr_at(t.reshape(1))[0] if isinstance(gamma, GammaTable) else 0.0
+        vs.append(analytic_variance(schedule, s, t, gamma(t.reshape(1))[0], eta=eta, data_range=data_range, gamma_stderr=se))
+    table = torch.stack(vs)
+    if last_step_resolution is not None:
+        table[-1] = table[-1].clamp(max=last_step_cap(last_step_resolution))
+    return table
+
+
+def optimal_trajectory(schedule: NoiseSchedule, gamma: GammaTable | Callable[[Tensor], Tensor], steps: int, *,
+                       data_range: tuple[Tensor | float, Tensor | float] | None = None) -> Tensor:
+    """The K-step sub-sequence of a discrete schedule's steps that maximises the ELBO under Analytic-DPM
+    variances, by dynamic programming (Bao et al. 2022, §4, eq. 12–13).
+
+    With optimal variances each step's KL per dimension is ½ log(v*_{s|t}/β̃_{t|s}) and the decoder (t → 0)
+    costs ½(log(2π v*_{0|t}) + 1); the prior term depends only on t_max. (1 − Γ) is floored as in
+    ``analytic_variance``, so an unresolved Γ near the data end cannot make a step look free. Cost O(K N²).
+    Returns a decreasing float64 grid N = τ_K > … > τ_0 = 0.
+    """
+    n = schedule.num_steps
+    if n is None:
+        raise ValueError("optimal_trajectory needs a discrete schedule")
+    if not 1 <= steps <= n:
+        raise ValueError(f"steps must lie in [1, {n}], got {steps}")
+    ts = torch.arange(n + 1, dtype=torch.float64)
+    gam = gamma(ts[1:])
+    gam_se = gamma.stderr_at(ts[1:]) if isinstance(gamma, GammaTable) else torch.zeros(n, dtype=torch.float64)
+    # cost[s, t] for 0 ≤ s < t ≤ N
+    cost = np.full((n + 1, n + 1), np.inf)
+    for t_idx in range(1, n + 1):
+        t = ts[t_idx]
+        s = ts[:t_idx]
+        lam_sq = schedule.posterior_variance(s, t.expand_as(s))
+        c = schedule.sigma(t) / schedule.skip_alpha(s, t.expand_as(s)) - (schedule.sigma_sq(s) - lam_sq).clamp_min(0).sqrt()
+        v = lam_sq + c**2 * _gap(gam[t_idx - 1], gam_se[t_idx - 1])
+        if data_range is not None:
+            a, b = (torch.as_tensor(v_, dtype=torch.float64) for v_ in data_range)
+            v = torch.minimum(v, lam_sq + c**2 * (((b - a) / 2) ** 2).mean() * schedule.alpha_sq(t) / schedule.sigma_sq(t))
+        row = 0.5 * torch.log(v[1:] / lam_sq[1:])
+        cost[1:t_idx, t_idx] = row.numpy()
+        cost[0, t_idx] = 0.5 * (math.log(2 * math.pi * float(v[0])) + 1)
+    best = cost[0].copy()  # best[t]: minimal cost of a 1-step path from t to 0
+    back = []
+    for _ in range(steps - 1):
+        total = best[:, None] + cost  # path … → s → 0 plus step t → s
+        arg = np.argmin(total, axis=0)
+        back.append(arg)
+        best = total[arg, np.arange(n + 1)]
+    path = [n]
+    for arg in reversed(back):
+        path.append(int(arg[path[-1]]))
+    path.append(0)
+    return torch.tensor(path, dtype=torch.float64)
