@@ -5,6 +5,9 @@ The core is modality-agnostic: a noise schedule (``sciddpm.schedules``), a state
 (``sciddpm.samplers``), with likelihoods (``sciddpm.likelihood``) and an exact Gaussian-mixture oracle
 (``sciddpm.oracle``) for testing every formula. Domains live in ``sciddpm.domains``.
 """
+from .domain import Domain, get_domain, register_domain
+from .guidance import (classifier_free_guidance, classifier_guidance, energy_guidance, repaint, replacement_inpainting,
+                       sdedit_start)
 from .likelihood import LikelihoodResult, elbo, ode_log_likelihood
 from .objectives import denoising_loss, eps_predictor
 from .oracle import GaussianMixture, sliced_wasserstein2
@@ -16,11 +19,25 @@ from .spaces import DenseSpace, GraphSpace, MaskedSpace, ProductSpace, Space, To
 
 __version__ = "0.1.0"
 
+_LAZY = {"DiffusionModule": "training", "TrainConfig": "training", "fit": "training", "export_model": "export",
+         "load": "export"}
+
+
+def __getattr__(name: str):
+    """Import the training engine (Lightning) only when one of its names is used, keeping ``import sciddpm`` light."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'sciddpm' has no attribute {name!r}")
+
 __all__ = [
     "CosineSchedule", "DenseSpace", "DiscreteSchedule", "GaussianMixture", "GraphSpace", "LikelihoodResult",
     "LinearSchedule", "MaskedSpace", "NoiseSchedule", "PolynomialSchedule", "ProductSpace", "SAMPLERS",
     "SamplerOutput", "Space", "SubVPSchedule", "TorusSpace", "VESchedule", "VPSchedule", "ZeroCoMSpace", "ddim",
     "ddpm", "denoising_loss", "dpm_solver_pp_2m", "elbo", "eps_predictor", "euler_maruyama", "get_sampler", "heun",
     "ode_log_likelihood", "predictor_corrector", "prior_sample", "probability_flow_rk45", "schedule_from_config",
-    "sliced_wasserstein2", "time_grid",
+    "sliced_wasserstein2", "time_grid", "Domain", "get_domain", "register_domain", "classifier_free_guidance",
+    "classifier_guidance", "energy_guidance", "repaint", "replacement_inpainting", "sdedit_start", "DiffusionModule",
+    "TrainConfig", "export_model", "fit", "load",
 ]

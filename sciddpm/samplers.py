@@ -51,8 +51,10 @@ class _CountedEps:
 # ==================================================================================================
 # Time grids
 # ==================================================================================================
-def time_grid(schedule: NoiseSchedule, steps: int, kind: GridKind = "uniform") -> Tensor:
+def time_grid(schedule: NoiseSchedule, steps: int, kind: GridKind = "uniform", t_start: float | None = None) -> Tensor:
     """A decreasing float64 grid t_0 = t_max > t_1 > … > t_K = t_min with K = ``steps`` intervals.
+
+    ``t_start`` < t_max starts the grid there instead (SDEdit, partial reverse processes).
 
     ``uniform``: equal spacing in t; ``quadratic``: t spaced as u² for u uniform (DDIM's quadratic
     sub-sequence, Song et al. 2021a); ``logsnr``: uniform in λ (Lu et al. 2022). For a discrete schedule the
@@ -61,6 +63,12 @@ def time_grid(schedule: NoiseSchedule, steps: int, kind: GridKind = "uniform") -
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     lo, hi = float(schedule.t_min), float(schedule.t_max)
+    if t_start is not None:
+        if not lo < t_start <= hi:
+            raise ValueError(f"t_start must lie in ({lo}, {hi}], got {t_start}")
+        if schedule.num_steps is not None and float(t_start) != round(t_start):
+            raise ValueError(f"t_start must be an integer step for a discrete schedule, got {t_start}")
+        hi = float(t_start)
     u = np.linspace(0.0, 1.0, steps + 1)
     if kind == "uniform":
         g = lo + (hi - lo) * u
@@ -83,7 +91,7 @@ def time_grid(schedule: NoiseSchedule, steps: int, kind: GridKind = "uniform") -
     else:
         raise ValueError(f"unknown grid kind {kind!r}; expected uniform, quadratic or logsnr")
     if schedule.num_steps is not None:
-        n_max = schedule.num_steps
+        n_max = int(round(hi))
         if steps > n_max:
             raise ValueError(f"a discrete schedule of {n_max} steps cannot be sampled in {steps} steps")
         g = np.round(g).astype(np.int64)
@@ -156,21 +164,27 @@ def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
     eps_fn = _CountedEps(eps_fn, space)
     for i in range(steps):
         t, s = grid[i], grid[i + 1]
-        eps = eps_fn(x, t)
-        a_t, sig2_t, a_s, sig2_s = schedule.alpha(t), schedule.sigma_sq(t), schedule.alpha(s), schedule.sigma_sq(s)
-        b_ts = schedule.skip_beta(s, t)
-        x0 = predict_x0(eps, x, _coef(a_t, x), _coef(sig2_t.sqrt(), x))
-        if clip_x0 is not None:
-            x0 = x0.clamp(*clip_x0)
-        mean = _coef(a_s * b_ts / sig2_t, x) * x0 + _coef(schedule.skip_alpha(s, t) * sig2_s / sig2_t, x) * x
         if isinstance(variance, Tensor):
             var = variance[i].to(torch.float64)
         else:
-            var = b_ts if variance == "beta" else sig2_s * b_ts / sig2_t
-        if float(sig2_s) > 0 and float(var) > 0:
-            mean = mean + _coef(var.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
-        x = space.project(mean)
+            var = schedule.skip_beta(s, t) if variance == "beta" else schedule.posterior_variance(s, t)
+        x = ancestral_step(eps_fn(x, t), schedule, space, x, t, s, var, generator=generator, clip_x0=clip_x0)
     return SamplerOutput(x, eps_fn.calls)
+
+
+def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor, t: Tensor, s: Tensor, var: Tensor, *,
+                   generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None) -> Tensor:
+    """One ancestral step t → s: x_s = μ̃(x_t, x̂₀) + v^{1/2} z with the posterior mean
+    μ̃ = α_s β_{t|s}/σ_t² · x̂₀ + α_{t|s} σ_s²/σ_t² · x_t and x̂₀ = (x_t − σ_t ε̂)/α_t (no noise into σ_s = 0)."""
+    sig2_t, sig2_s = schedule.sigma_sq(t), schedule.sigma_sq(s)
+    b_ts = schedule.skip_beta(s, t)
+    x0 = predict_x0(eps, x, _coef(schedule.alpha(t), x), _coef(sig2_t.sqrt(), x))
+    if clip_x0 is not None:
+        x0 = x0.clamp(*clip_x0)
+    mean = _coef(schedule.alpha(s) * b_ts / sig2_t, x) * x0 + _coef(schedule.skip_alpha(s, t) * sig2_s / sig2_t, x) * x
+    if float(sig2_s) > 0 and float(var) > 0:
+        mean = mean + _coef(torch.as_tensor(var, dtype=torch.float64).sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
+    return space.project(mean)
 
 
 def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, eta: float = 0.0,

@@ -1,0 +1,146 @@
+"""The Domain contract: what a modality gives the engine (data, backbone, state space, I/O, metrics).
+
+The core never imports a domain. A domain module defines a subclass of :class:`Domain` and registers it with
+:func:`register_domain`; the CLI imports domain modules by name (see ``sciddpm.cli.DOMAIN_MODULES``), which
+runs the registration. The engine (``sciddpm.training``) then only talks to the object through this contract.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from .spaces import Space
+
+
+class Domain(ABC):
+    """One modality. ``options`` are the domain's own settings (``TrainConfig.data``), e.g. a data path.
+
+    Life cycle: the engine calls ``train_dataset`` (which may fit normalisation statistics) before
+    ``build_backbone``; a loaded model instead calls ``load_state_tensors`` with what ``state_tensors``
+    returned at export time, so that sampling and writing samples need no data.
+    """
+
+    #: Registry name, used by ``--domain`` and stored in exported configs.
+    name: str = ""
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        self.options = dict(options or {})
+
+    @abstractmethod
+    def build_backbone(self, config: dict[str, Any]) -> nn.Module:
+        """The network, called as ``net(x_t, t, **condition)`` with t float64 [B] in the schedule's units."""
+
+    @abstractmethod
+    def space_for(self, batch: Any) -> Space:
+        """The state space bound to a collated data batch."""
+
+    @abstractmethod
+    def state_from(self, batch: Any) -> Tensor:
+        """The clean state x₀ of a collated data batch (a tensor in ``space_for(batch)``)."""
+
+    def condition_from(self, batch: Any) -> dict[str, Any]:
+        """Keyword conditioning passed to the network (none by default)."""
+        return {}
+
+    @abstractmethod
+    def train_dataset(self, options: dict[str, Any]) -> Dataset:
+        """The training set (ValueError for a missing or malformed data path, or non-finite data)."""
+
+    @abstractmethod
+    def val_dataset(self, options: dict[str, Any]) -> Dataset:
+        """The held-out set used by ``evaluate``."""
+
+    def collate(self, items: list[Any]) -> Any:
+        """Collate dataset items into a batch (default: stack tensors)."""
+        return torch.utils.data.default_collate(items)
+
+    def split_batch(self, batch: Any, parts: int) -> list[Any]:
+        """Split a batch into ``parts`` interleaved shards (rows k::parts); used for device-count-invariant noise."""
+        if not isinstance(batch, Tensor):
+            raise ValueError(f"domain {self.name!r} cannot split its batches; set noise_shards: 1")
+        return [batch[k::parts] for k in range(parts)]
+
+    @abstractmethod
+    def sample_space(self, n: int, generator: torch.Generator | None = None) -> Space:
+        """The space of ``n`` new samples (may draw sizes, e.g. atom counts, from ``generator``)."""
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Tensors the domain needs after training (normalisation statistics); saved with the model."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what ``state_tensors`` returned."""
+
+    @abstractmethod
+    def write_samples(self, path: Path, samples: Tensor) -> None:
+        """Write samples in the domain's own file format."""
+
+    @abstractmethod
+    def plot_samples(self, path: Path, samples: Tensor) -> None:
+        """Draw samples to a PNG."""
+
+    @abstractmethod
+    def evaluate(self, samples: Tensor) -> dict[str, float]:
+        """The domain's metrics of generated samples (against its held-out data)."""
+
+
+_DOMAINS: dict[str, type[Domain]] = {}
+
+
+def register_domain(cls: type[Domain]) -> type[Domain]:
+    """Class decorator: register a Domain subclass under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"domain class {cls.__name__} has no name")
+    _DOMAINS[cls.name] = cls
+    return cls
+
+
+def get_domain(name: str, loader: Callable[[str], None] | None = None) -> type[Domain]:
+    """The registered Domain class called ``name`` (``loader(name)`` may import it first)."""
+    if name not in _DOMAINS and loader is not None:
+        loader(name)
+    if name not in _DOMAINS:
+        raise ValueError(f"unknown domain {name!r}; known domains: {', '.join(sorted(known_domains())) or 'none'}")
+    return _DOMAINS[name]
+
+
+#: Modules that register a domain when imported (the core imports none of them itself).
+DOMAIN_MODULES: dict[str, str] = {"tabular": "examples.tabular_domain"}
+
+
+def known_domains() -> list[str]:
+    """Names that are registered or importable through ``DOMAIN_MODULES``."""
+    return sorted(set(_DOMAINS) | set(DOMAIN_MODULES))
+
+
+def import_domain(name: str) -> None:
+    """Import the module registered for ``name`` in ``DOMAIN_MODULES`` (by name: no import at core load)."""
+    import importlib
+
+    module = DOMAIN_MODULES.get(name)
+    if module is None:
+        return
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # Not installed (e.g. ``examples`` outside the package list): load it from the source checkout.
+        source = Path(__file__).resolve().parents[1] / (module.replace(".", "/") + ".py")
+        if exc.name not in (module, module.split(".")[0]) or not source.is_file():
+            raise ValueError(f"domain {name!r} cannot be imported: {exc}") from None
+        import importlib.util
+        import sys
+
+        spec = importlib.util.spec_from_file_location(module, source)
+        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[module] = mod
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+
+
+def domain_class(name: str) -> type[Domain]:
+    """``get_domain`` that imports the domain's module on first use."""
+    return get_domain(name, loader=import_domain)

@@ -1,0 +1,189 @@
+"""Steering a diffusion model: guidance as ε-predictor wrappers, plus start-state helpers.
+
+Every wrapper maps ε-predictors to an ε-predictor, so it works with every sampler and every space. In score
+terms s = −ε/σ_t, so adding a score term δ(x) to s subtracts σ_t δ(x) from ε:
+
+- classifier guidance (Dhariwal & Nichol 2021): s̃ = s + λ ∇log p_t(c | x)  ⇒  ε̃ = ε − λ σ_t ∇log p_t(c | x);
+- classifier-free guidance (Ho & Salimans 2021): s̃ = s(x|∅) + λ (s(x|c) − s(x|∅)), linear, so the same in ε;
+- energy guidance (e.g. Lu et al. 2023's view): s̃ = s − λ ∇E_t(x, c)  ⇒  ε̃ = ε + λ σ_t ∇E_t;
+- SDEdit (Meng et al. 2022): start at t₀ < T from x_{t₀} = α_{t₀} x_ref + σ_{t₀} z;
+- inpainting by replacement (Song et al. 2021, App. I; Lugmayr et al. 2022 for RePaint's resampling).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .samplers import SamplerOutput, ancestral_step, check_grid
+from .schedules import NoiseSchedule
+from .spaces import Space
+
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+LogProbFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _sigma(schedule: NoiseSchedule, space: Space, t: Tensor, like: Tensor) -> Tensor:
+    return space.broadcast(schedule.sigma(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(space.batch_size))).to(like.dtype)
+
+
+def grad_of(fn: LogProbFn, x: Tensor, t: Tensor) -> Tensor:
+    """∇_x Σ_b fn(x, t)_b for a per-sample scalar function (samples independent ⇒ per-sample gradients)."""
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        value = fn(x_in, t)
+        if value.dim() != 1:
+            raise ValueError(f"guidance function must return one value per sample, got shape {tuple(value.shape)}")
+        if not torch.isfinite(value).all():
+            raise ValueError("guidance function returned NaN or inf")
+        (grad,) = torch.autograd.grad(value.sum(), x_in)
+    return grad.detach()
+
+
+def classifier_guidance(eps_fn: EpsFn, log_prob_fn: LogProbFn, schedule: NoiseSchedule, space: Space,
+                        scale: float = 1.0) -> EpsFn:
+    """ε̃(x, t) = ε(x, t) − λ σ_t P ∇_x log p_t(c | x) with P the space's projection (Dhariwal & Nichol 2021, Alg. 1).
+
+    ``log_prob_fn(x, t)`` returns log p_t(c | x_t) per sample [B] for the wanted c (a noise-aware classifier, or
+    ``gaussian_log_likelihood`` of a regressor for a continuous target). ``eps_fn`` may be conditional or not.
+    """
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        eps = eps_fn(x, t)
+        if scale == 0:
+            return eps
+        grad = space.project(grad_of(log_prob_fn, x, t))
+        return eps - scale * _sigma(schedule, space, t, eps) * grad.to(eps.dtype)
+
+    return guided
+
+
+def gaussian_log_likelihood(regressor: Callable[[Tensor, Tensor], Tensor], target: Tensor, width: float) -> LogProbFn:
+    """log p_t(y = target | x) = −‖f(x, t) − target‖² / (2 w²) for a noise-aware regressor f (a Gaussian likelihood
+    with a chosen width w, for guidance towards a continuous property)."""
+    if width <= 0:
+        raise ValueError("width must be > 0")
+
+    def log_prob(x: Tensor, t: Tensor) -> Tensor:
+        pred = regressor(x, t)
+        return -((pred - target) ** 2).reshape(pred.shape[0], -1).sum(1) / (2 * width**2)
+
+    return log_prob
+
+
+def classifier_free_guidance(paired_eps_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+                             scale: float = 1.0) -> EpsFn:
+    """ε̃ = ε(x|∅) + λ (ε(x|c) − ε(x|∅)) (Ho & Salimans 2021); λ = 1 is the conditional model, λ = 0 the
+    unconditional one. ``paired_eps_fn(x, t)`` returns (ε(x|c), ε(x|∅)) — built by ``batched_pair`` from one
+    doubled network call for dense and padded layouts."""
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        eps_c, eps_u = paired_eps_fn(x, t)
+        return eps_u + scale * (eps_c - eps_u)
+
+    return guided
+
+
+def batched_pair(model: Callable[..., Tensor], condition: dict, null_condition: dict,
+                 to_eps: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """(ε(x|c), ε(x|∅)) from ONE call of ``model`` on the batch doubled along axis 0 (dense/padded layouts).
+
+    ``condition`` and ``null_condition`` hold tensors with a leading batch axis (e.g. {"y": labels} and
+    {"y": null-token labels}); they are concatenated the same way. ``to_eps(out, x, t)`` converts the model's
+    prediction to ε (identity when the model predicts ε).
+    """
+    keys = set(condition) | set(null_condition)
+    if set(condition) != set(null_condition):
+        raise ValueError(f"condition and null_condition must have the same keys, got {sorted(condition)} and {sorted(null_condition)}")
+
+    def pair(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        b = x.shape[0]
+        x2 = torch.cat([x, x], 0)
+        t2 = torch.cat([t, t], 0)
+        cond2 = {k: torch.cat([condition[k], null_condition[k]], 0) for k in keys}
+        out = model(x2, t2, **cond2)
+        if to_eps is not None:
+            out = to_eps(out, x2, t2)
+        return out[:b], out[b:]
+
+    return pair
+
+
+def energy_guidance(eps_fn: EpsFn, energy_fn: LogProbFn, schedule: NoiseSchedule, space: Space,
+                    scale: float = 1.0) -> EpsFn:
+    """ε̃(x, t) = ε(x, t) + λ σ_t P ∇_x E_t(x): the score of q_t(x) e^{−λ E_t(x)} for any differentiable
+    per-sample energy ``energy_fn(x, t)`` [B] (domain knowledge as an energy)."""
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        eps = eps_fn(x, t)
+        grad = space.project(grad_of(energy_fn, x, t))
+        return eps + scale * _sigma(schedule, space, t, eps) * grad.to(eps.dtype)
+
+    return guided
+
+
+def conditional_prior(schedule: NoiseSchedule, space: Space, mean: Tensor | float = 0.0, std: Tensor | float | None = None,
+                      generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """x_T ~ N(mean_c, std_c² I) on the space: a conditional start distribution p(x_T | c) (default: the prior)."""
+    std = schedule.prior_std if std is None else std
+    return space.project(torch.as_tensor(mean, dtype=dtype) + torch.as_tensor(std, dtype=dtype) * space.noise(generator, dtype))
+
+
+def sdedit_start(x_ref: Tensor, schedule: NoiseSchedule, space: Space, t0: float,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """SDEdit's start state x_{t₀} = α_{t₀} x_ref + σ_{t₀} z (Meng et al. 2022); run any sampler on
+    ``time_grid(schedule, K, t_start=t0)`` from it."""
+    space.check(x_ref, name="reference")
+    t = torch.tensor(float(t0), dtype=torch.float64)
+    schedule.check_time(t)
+    return space.project(schedule.alpha(t).to(x_ref.dtype) * x_ref
+                         + schedule.sigma(t).to(x_ref.dtype) * space.noise(generator, x_ref.dtype))
+
+
+def replacement_inpainting(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, known: Tensor, mask: Tensor,
+                           generator: torch.Generator | None = None) -> EpsFn:
+    """Inpainting by replacement as an ε wrapper: before each evaluation the known part (``mask`` True) of x_t
+    is replaced by a fresh draw of q(x_t | known) = N(α_t known, σ_t² I), so the unknown part is denoised
+    conditioned on it (Song et al. 2021, App. I). Apply ``paste_known`` to the final sample."""
+    space.check(known, name="known")
+    if mask.shape != known.shape:
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but known has shape {tuple(known.shape)}")
+    mask = mask.to(torch.bool)
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        a = space.broadcast(schedule.alpha(t)).to(x.dtype)
+        s = space.broadcast(schedule.sigma(t)).to(x.dtype)
+        noised = a * known.to(x.dtype) + s * space.noise(generator, x.dtype)
+        return eps_fn(space.project(torch.where(mask, noised, x)), t)
+
+    return guided
+
+
+def paste_known(x: Tensor, known: Tensor, mask: Tensor) -> Tensor:
+    """The final inpainted sample: known entries from ``known``, the rest from ``x``."""
+    return torch.where(mask.to(torch.bool), known.to(x.dtype), x)
+
+
+def repaint(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, known: Tensor,
+            mask: Tensor, *, resample: int = 5, generator: torch.Generator | None = None) -> SamplerOutput:
+    """RePaint (Lugmayr et al. 2022): ancestral steps with the known part replaced by q(x_s | known) after each
+    step, and each step repeated ``resample`` times by re-noising x_s back to x_t with q(x_t | x_s) =
+    N(α_{t|s} x_s, β_{t|s} I) (jump length 1). NFE = K · resample."""
+    if resample < 1:
+        raise ValueError("resample must be >= 1")
+    check_grid(schedule, grid)
+    mask = mask.to(torch.bool)
+    nfe = 0
+    for i in range(grid.numel() - 1):
+        t, s = grid[i], grid[i + 1]
+        for r in range(resample):
+            eps = eps_fn(x, t.reshape(1).expand(space.batch_size))
+            x = ancestral_step(eps, schedule, space, x, t, s, schedule.posterior_variance(s, t), generator=generator)
+            nfe += 1
+            known_s = schedule.alpha(s).to(x.dtype) * known + schedule.sigma(s).to(x.dtype) * space.noise(generator, x.dtype)
+            x = space.project(torch.where(mask, known_s, x))
+            if r < resample - 1:
+                x = space.project(schedule.skip_alpha(s, t).to(x.dtype) * x
+                                  + schedule.skip_beta(s, t).sqrt().to(x.dtype) * space.noise(generator, x.dtype))
+    return SamplerOutput(paste_known(x, known, mask), nfe)

@@ -1,0 +1,442 @@
+"""The training engine: Lightning glue around the core's denoising loss, EMA, checkpoints and exports.
+
+* ``TrainConfig``: a typed, validated config (YAML or TOML); unknown keys and wrong types are ValueErrors.
+* ``DiffusionModule``: trains any domain's backbone with ``objectives.denoising_loss`` (schedule,
+  parameterization, weighting from the config), keeps EMA weights (saved in Lightning checkpoints and
+  restored on resume), optional bf16 autocast around the network, AdamW with linear warm-up and cosine decay.
+* ``fit``: builds the Trainer (CSV loss log, atomic periodic checkpoints, gradient clipping, DDP) and runs it.
+* exports and ``load`` live in ``sciddpm.export`` (safetensors + JSON, never unpickled).
+
+Random draws of the loss (t and ε) come from a generator seeded by (seed, global step, shard): with
+``noise_shards`` = S the global batch is split into S interleaved shards with their own streams, so a run on
+k devices (S divisible by k) draws exactly the noise of a 1-device run with a k-times larger batch.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import tomllib
+import types
+import typing
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .domain import Domain, domain_class
+from .objectives import PARAMETERIZATIONS, WEIGHTINGS, denoising_loss, eps_predictor
+from .samplers import SamplerOutput, get_sampler, prior_sample, time_grid
+from .schedules import NoiseSchedule, schedule_from_config
+
+
+
+# ==================================================================================================
+# Config
+# ==================================================================================================
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; ``data`` and ``backbone`` are passed through to the domain."""
+
+    domain: str = "tabular"
+    data: dict = field(default_factory=dict)
+    backbone: dict = field(default_factory=dict)
+    schedule: dict = field(default_factory=lambda: {"type": "linear", "num_steps": 1000})
+    parameterization: str = "eps"
+    weighting: str = "simple"
+    importance_sampling: bool = False
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    max_steps: int = 1000
+    max_time: str | None = None
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    precision: str = "32"
+    seed: int = 0
+    shuffle: bool = True
+    noise_shards: int = 1
+    num_workers: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+    def validate(self) -> "TrainConfig":
+        """Range checks that types cannot express; ValueError naming the field."""
+        for name in ("batch_size", "max_steps", "noise_shards", "checkpoint_every", "log_every", "devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        checks = {"parameterization": PARAMETERIZATIONS, "weighting": WEIGHTINGS, "precision": ("32", "bf16"),
+                  "lr_schedule": ("cosine", "constant")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config field {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"config field 'ema_decay' must be in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("config fields 'lr' > 0, 'warmup_steps' >= 0 and 'grad_clip' >= 0 are required")
+        schedule_from_config(self.schedule)
+        return self
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or tp)
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A validated TrainConfig from a mapping; ValueError naming an unknown key or a mistyped field."""
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(f"unknown config key {key!r} in {source}; known keys: {', '.join(hints)}")
+        if not _type_ok(value, hints[key]):
+            raise ValueError(f"config field {key!r} in {source} must be {hints[key]}, got {type(value).__name__} {value!r}")
+    values = {k: (float(v) if hints[k] is float else v) for k, v in values.items()}
+    return TrainConfig(**values).validate()
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML (.yaml/.yml) or TOML (.toml) file; ValueError naming the file otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc.strerror}") from None
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"config file {path} must end in .yaml, .yml, .json or .toml")
+    try:
+        if path.suffix == ".toml":
+            values = tomllib.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+    except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError
+        raise ValueError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of keys to values")
+    return values
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from an optional file plus command-line overrides (overrides win)."""
+    values = read_config_file(path) if path is not None else {}
+    config_from_dict(values, str(path or "config"))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(values, f"{path} + flags" if path else "flags")
+
+
+# ==================================================================================================
+# Sampling (shared by the in-memory EMA model and a loaded export, so both give identical samples)
+# ==================================================================================================
+def _accepts_generator(fn: Any) -> bool:
+    import inspect
+
+    return "generator" in inspect.signature(fn).parameters
+
+
+@dataclass
+class DiffusionModel:
+    """A trained model ready to sample: domain (with its statistics), network (EMA weights), schedule."""
+
+    domain: Domain
+    net: nn.Module
+    schedule: NoiseSchedule
+    parameterization: str
+    config: dict
+    variances: dict[str, Tensor] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def sample(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0, grid: str = "uniform",
+               progress: bool = False) -> SamplerOutput:
+        """Draw n samples: x_T ~ prior, then ``sampler`` on ``time_grid(schedule, steps, grid)``."""
+        if n < 1:
+            raise ValueError(f"number of samples must be >= 1, got {n}")
+        fn = get_sampler(sampler)
+        self.net.eval()
+        gen = torch.Generator().manual_seed(seed)
+        space = self.domain.sample_space(n, gen)
+        x_t = prior_sample(self.schedule, space, gen, torch.float32)
+        eps = eps_predictor(self.net, self.schedule, space, self.parameterization)
+        grid_t = time_grid(self.schedule, steps, grid)  # type: ignore[arg-type]
+        from tqdm.auto import tqdm
+
+        with tqdm(total=steps, desc=f"{sampler} sampling", unit="nfe", disable=not progress) as bar:
+            def counted(x: Tensor, t: Tensor) -> Tensor:
+                bar.update(1)
+                return eps(x, t)
+
+            kwargs = {"generator": gen} if _accepts_generator(fn) else {}
+            return fn(counted, self.schedule, space, x_t, grid_t, **kwargs)
+
+
+# ==================================================================================================
+# Lightning module and data
+# ==================================================================================================
+def _shard_seed(seed: int, step: int, shard: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + shard * 104_729) % (2**63 - 1)
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains ``domain.build_backbone(config.backbone)`` with the core's denoising loss; keeps EMA weights."""
+
+    def __init__(self, config: dict[str, Any], domain: Domain | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["domain"])
+        self.cfg = config_from_dict(config, "module config")
+        if domain is None:  # rebuilt from a checkpoint: statistics come from on_load_checkpoint/load()
+            raise ValueError("DiffusionModule needs a prepared domain; use sciddpm.training.load for checkpoints")
+        self.domain = domain
+        self.schedule = schedule_from_config(self.cfg.schedule)
+        self.net = domain.build_backbone(self.cfg.backbone)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+
+    def forward(self, x: Tensor, t: Tensor, **condition: Any) -> Tensor:
+        bf16 = self.cfg.precision == "bf16"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self.net(x, t, **condition)
+        return out.to(x.dtype)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if self.cfg.noise_shards % world:
+            raise ValueError(f"noise_shards ({self.cfg.noise_shards}) must be divisible by the world size ({world})")
+        local = self.cfg.noise_shards // world
+        shards = [batch] if local == 1 else self.domain.split_batch(batch, local)
+        total = 0.0
+        for j, shard in enumerate(shards):
+            space, x0 = self.domain.space_for(shard), self.domain.state_from(shard)
+            gen = None
+            if space.device.type == "cpu":  # accelerator RNG streams differ; there the global seed is used
+                gen = torch.Generator().manual_seed(_shard_seed(self.cfg.seed, self.global_step, rank + world * j))
+            out = denoising_loss(self, self.schedule, space, x0, parameterization=self.cfg.parameterization,
+                                 weighting=self.cfg.weighting, importance_sampling=self.cfg.importance_sampling,
+                                 generator=gen, **self.domain.condition_from(shard))
+            total = total + out.loss / len(shards)
+        self.log("train_loss", total, on_step=True, prog_bar=True, batch_size=self.cfg.batch_size)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=self.cfg.batch_size)
+        return total
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()  # here, not in on_train_batch_end: checkpoint callbacks run before that hook
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """EMA: θ̄ ← d θ̄ + (1 − d) θ with d = min(decay, (1 + n)/(10 + n)) after optimiser step n."""
+        n = self.global_step
+        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for e, p in zip(self.ema.parameters(), self.net.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(self.ema.buffers(), self.net.buffers()):
+            e.copy_(b)
+
+    def configure_optimizers(self) -> dict:
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        warm, total, floor = self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio
+        cosine = self.cfg.lr_schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if not cosine:
+                return 1.0
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ema_state"] = {k: v.detach().clone() for k, v in self.ema.state_dict().items()}
+        checkpoint["domain_tensors"] = {k: v.detach().clone() for k, v in self.domain.state_tensors().items()}
+        checkpoint["domain_options"] = dict(self.domain.options)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "ema_state" not in checkpoint:
+            raise ValueError("checkpoint has no EMA state (not written by sciddpm)")
+        self.ema.load_state_dict(checkpoint["ema_state"])
+
+    def ema_model(self) -> DiffusionModel:
+        """The EMA network as a samplable model (shares the module's EMA weights)."""
+        return DiffusionModel(self.domain, self.ema, self.schedule, self.cfg.parameterization, asdict(self.cfg))
+
+
+class DomainDataModule(L.LightningDataModule):
+    """The domain's training set behind a DataLoader (the domain's collate; seeded shuffling)."""
+
+    def __init__(self, domain: Domain, cfg: TrainConfig, train_set: Dataset | None = None) -> None:
+        super().__init__()
+        self.domain, self.cfg = domain, cfg
+        self.train_set = train_set if train_set is not None else domain.train_dataset(cfg.data)
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.train_set) < self.cfg.batch_size:  # type: ignore[arg-type]
+            raise ValueError(f"batch_size {self.cfg.batch_size} exceeds the {len(self.train_set)} training items")  # type: ignore[arg-type]
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        if world > 1:  # our own sampler: Lightning's always shuffles; rank r gets items r::world (+ seeded shuffle)
+            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=trainer.global_rank,  # type: ignore
+                                         shuffle=self.cfg.shuffle, seed=self.cfg.seed, drop_last=True)
+            loader_args: dict[str, Any] = {"sampler": sampler}
+        else:
+            loader_args = {"shuffle": self.cfg.shuffle, "generator": torch.Generator().manual_seed(self.cfg.seed)}
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, drop_last=True,
+                          collate_fn=self.domain.collate, num_workers=self.cfg.num_workers,
+                          persistent_workers=self.cfg.num_workers > 0, **loader_args)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, but written to ``PATH.tmp`` and renamed: a kill never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        tmp = f"{path}.tmp"
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class ResumeAudit(Callback):
+    """Writes the state found at train start (step, EMA, optimiser tensors) to a safetensors file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {f"ema.{k}": v.detach().cpu().clone().contiguous() for k, v in pl_module.ema.state_dict().items()}
+        for pid, st in trainer.optimizers[0].state_dict()["state"].items():
+            tensors.update({f"opt.{pid}.{k}": torch.as_tensor(v).detach().cpu().clone().reshape(-1)
+                            for k, v in st.items()})
+        if trainer.is_global_zero:
+            save_file(tensors, str(self.path), metadata={"global_step": str(trainer.global_step),
+                                                         "ckpt_path": str(trainer.ckpt_path)})
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step in a checkpoint file name ``step=N.ckpt``."""
+    try:
+        return int(Path(path).stem.split("=")[-1])
+    except ValueError:
+        return -1
+
+
+def latest_checkpoint(output: Path) -> Path:
+    """The newest ``step=N.ckpt`` under OUTPUT/checkpoints; ValueError if there is none."""
+    ckpts = sorted((output / "checkpoints").glob("step=*.ckpt"), key=checkpoint_step)
+    if not ckpts:
+        raise ValueError(f"no checkpoint to resume from in {output / 'checkpoints'}")
+    return ckpts[-1]
+
+
+def _max_time(value: str | None) -> str | timedelta | None:
+    if value is None:
+        return None
+    try:
+        return timedelta(seconds=float(value))
+    except ValueError:
+        return value  # Lightning's "DD:HH:MM:SS"
+
+
+def is_main_process() -> bool:
+    """True outside DDP worker processes (rank 0 of node 0)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def fit(cfg: TrainConfig, output: Path, resume: Path | None = None, progress: bool = True,
+        callbacks: list[Callback] | None = None) -> DiffusionModule:
+    """Train ``cfg`` into ``output`` (checkpoints/, logs/, export/, loss.png); resume from a checkpoint path."""
+    output = Path(output)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    domain = domain_class(cfg.domain)(cfg.data)
+    train_set = domain.train_dataset(cfg.data)
+    module = DiffusionModule(asdict(cfg), domain=domain)
+    data = DomainDataModule(domain, cfg, train_set)
+    if is_main_process():
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    ckpt = ModelCheckpoint(dirpath=output / "checkpoints", filename="{step}", every_n_train_steps=cfg.checkpoint_every,
+                           save_top_k=-1, save_last=False, auto_insert_metric_name=True)
+    callbacks = [ckpt] + list(callbacks or [])
+    if os.environ.get("SCIDDPM_RESUME_AUDIT"):
+        callbacks.append(ResumeAudit(Path(os.environ["SCIDDPM_RESUME_AUDIT"])))
+    if not progress:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*(srun|does not have many workers|smaller than the logging).*")
+        trainer = L.Trainer(max_steps=cfg.max_steps, max_time=_max_time(cfg.max_time), accelerator=cfg.accelerator,
+                            devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+                            gradient_clip_val=cfg.grad_clip or None, precision="32-true",
+                            logger=CSVLogger(str(output), name="logs", version=0), callbacks=callbacks,
+                            plugins=[AtomicCheckpointIO()], enable_progress_bar=progress,
+                            enable_model_summary=False, log_every_n_steps=cfg.log_every, limit_val_batches=0,
+                            num_sanity_val_steps=0, max_epochs=-1, use_distributed_sampler=False)
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    if trainer.is_global_zero:
+        from .export import export_model
+
+        export_model(module, output / "export")
+        plot_loss(output / "logs" / "version_0" / "metrics.csv", output / "loss.png")
+    return module
+
+
+def plot_loss(metrics_csv: Path, png: Path) -> None:
+    """The training-loss curve from Lightning's CSV log (skipped if there is no log yet)."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return
+    with open(metrics_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("train_loss")]
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([int(r["step"]) for r in rows], [float(r["train_loss"]) for r in rows])
+    ax.set(xlabel="step", ylabel="training loss", yscale="log", title="denoising loss")
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.stem}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(png)
+
+
+__all__ = ["TrainConfig", "DiffusionModule", "DiffusionModel", "DomainDataModule", "config_from_dict", "load_config",
+           "read_config_file", "fit", "latest_checkpoint", "checkpoint_step"]
