@@ -1,0 +1,281 @@
+"""The molecules domain's denoising network: EDM's E(n)-equivariant GNN (EGNN) on flat PyG batches.
+
+State convention (shared with :mod:`.e3nn_backbone`): a flat node tensor ``x_t`` [n_nodes, 3 + F] holding
+positions (zero centre of mass per molecule) ⊕ scaled atom features (EDM: one-hot × 0.25, charge × 0.1),
+a PyG ``batch`` index [n_nodes] and a time ``t`` [B] in the schedule's units (normalised inside by
+``time_scale``). The network is called ``net(x_t, t, batch=batch, context=None, num_graphs=None)`` and
+returns an ε-prediction of the same shape whose position part is zero-CoM per molecule and
+E(3)-equivariant, and whose feature part is E(3)-invariant.
+
+Architecture (Satorras et al., ICML 2021; as configured by Hoogeboom et al., ICML 2022, ``egnn_new.py``):
+
+    h⁰ = W_in [h, t/T, c],   e⁰_ij = ‖x_i − x_j‖² (at the network input)
+    for each block b:   e_ij = [‖x_i − x_j‖², e⁰_ij]   (x at the block input)
+        repeat inv_sublayers times (GCL):
+            m_ij = φ_e(h_i, h_j, e_ij),   m_ij ← m_ij · σ(w·m_ij)              (attention gate)
+            h_i  ← h_i + φ_h(h_i, Σ_{j≠i} m_ij / Z)
+        x_i ← x_i + Σ_{j≠i} (x_i − x_j)/(‖x_i − x_j‖ + c_norm) · tanh(φ_x(h_i, h_j, e_ij)) · r / Z
+    ε_x = x_final − x − mean,   ε_h = (W_out h)[:, :F]
+
+with r = coords_range / n_layers per block, Z = normalization_factor and messages over all ordered atom
+pairs within each molecule (fully connected, no self loops).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+N_DIMS = 3
+
+
+# ==================================================================================================
+# Shared helpers (also used by e3nn_backbone)
+# ==================================================================================================
+def node_counts(batch: Tensor, num_graphs: int) -> Tensor:
+    """Atoms per molecule, long [B]."""
+    return torch.bincount(batch, minlength=num_graphs)
+
+
+def fully_connected_edges(batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
+    """All ordered pairs (i, j), i ≠ j, of atoms in the same molecule: (row = i receiver, col = j sender).
+
+    Vectorised: molecule g with n_g atoms owns n_g(n_g − 1) pairs; pair k of it is
+    i = k // (n_g − 1), j' = k mod (n_g − 1), j = j' + [j' ≥ i], in the molecule's (stable) node order.
+    ``batch`` need not be sorted. Nothing is cached, so any batch works.
+    """
+    counts = node_counts(batch, num_graphs)
+    order = torch.argsort(batch, stable=True)  # node ids grouped by molecule
+    start = torch.cumsum(counts, 0) - counts  # first sorted position of each molecule
+    n_pairs = counts * (counts - 1)
+    graph = torch.repeat_interleave(torch.arange(num_graphs, device=batch.device), n_pairs)
+    k = torch.arange(graph.numel(), device=batch.device) - (torch.cumsum(n_pairs, 0) - n_pairs)[graph]
+    m = (counts[graph] - 1).clamp(min=1)
+    i = torch.div(k, m, rounding_mode="floor")
+    j = k - i * m
+    j = j + (j >= i).long()
+    return order[start[graph] + i], order[start[graph] + j]
+
+
+def remove_mean(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """x − (per-molecule mean of x) on every node (EDM's ``remove_mean``)."""
+    sums = torch.zeros((num_graphs, x.shape[-1]), dtype=x.dtype, device=x.device).index_add_(0, batch, x)
+    counts = node_counts(batch, num_graphs).clamp(min=1).to(x.dtype).unsqueeze(-1)
+    return x - (sums / counts)[batch]
+
+
+def check_inputs(x: Tensor, t: Tensor | float, batch: Tensor | None, in_node_nf: int, context_nf: int,
+                 context: Tensor | None, num_graphs: int | None, check_finite: bool = True) -> tuple[Tensor, int]:
+    """Validate a network call; return (t as float64 [B], B). Raises ValueError naming the bad input."""
+    if batch is None:
+        raise ValueError("the molecule network needs the PyG batch index: call net(x_t, t, batch=batch)")
+    if x.dim() != 2 or x.shape[1] != N_DIMS + in_node_nf:
+        raise ValueError(f"x_t has shape {tuple(x.shape)} but the network expects [n_nodes, {N_DIMS + in_node_nf}]"
+                         f" (3 positions + {in_node_nf} features)")
+    if batch.dim() != 1 or batch.shape[0] != x.shape[0] or batch.dtype != torch.long:
+        raise ValueError(f"batch index has shape {tuple(batch.shape)} and dtype {batch.dtype}; expected a long"
+                         f" tensor of shape ({x.shape[0]},) matching x_t {tuple(x.shape)}")
+    t = torch.as_tensor(t, device=x.device).to(torch.float64).reshape(-1)
+    if num_graphs is None:
+        num_graphs = t.numel() if t.numel() > 1 else (int(batch.max()) + 1 if batch.numel() else 1)
+    num_graphs = int(num_graphs)
+    if t.numel() == 1:
+        t = t.expand(num_graphs)
+    if t.numel() != num_graphs:
+        raise ValueError(f"t has {t.numel()} entries but the batch has {num_graphs} molecules")
+    if check_finite:
+        if batch.numel() and (int(batch.min()) < 0 or int(batch.max()) >= num_graphs):
+            raise ValueError(f"batch index values must lie in [0, {num_graphs}); got "
+                             f"[{int(batch.min())}, {int(batch.max())}]")
+        if not bool(torch.isfinite(x[:, :N_DIMS]).all()):
+            raise ValueError("x_t positions contain NaN or inf")
+        if not bool(torch.isfinite(x[:, N_DIMS:]).all()):
+            raise ValueError("x_t node features contain NaN or inf")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("t contains NaN or inf")
+    if context_nf:
+        if context is None or tuple(context.shape) != (num_graphs, context_nf):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"context has shape {got}; expected ({num_graphs}, {context_nf})")
+    elif context is not None:
+        raise ValueError("context given but the network was built with context_nf=0")
+    return t, num_graphs
+
+
+class _Configurable(nn.Module):
+    """``config()`` / ``from_config()`` / ``num_parameters()`` for backbones whose __init__ args are JSON."""
+
+    _config: dict[str, Any]
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's hyper-parameters (JSON-serialisable)."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        """Rebuild a network from :meth:`config`'s dict."""
+        return cls(**config)
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+# ==================================================================================================
+# EGNN
+# ==================================================================================================
+class GCL(nn.Module):
+    """Invariant graph convolution: m_ij = φ_e(h_i, h_j, e_ij) (· attention gate), h_i += φ_h(h_i, Σ_j m_ij / Z)."""
+
+    def __init__(self, hidden_nf: int, edge_nf: int, normalization_factor: float, aggregation_method: str,
+                 attention: bool) -> None:
+        super().__init__()
+        self.normalization_factor, self.aggregation_method = normalization_factor, aggregation_method
+        self.edge_mlp = nn.Sequential(nn.Linear(2 * hidden_nf + edge_nf, hidden_nf), nn.SiLU(),
+                                      nn.Linear(hidden_nf, hidden_nf), nn.SiLU())
+        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden_nf, hidden_nf), nn.SiLU(), nn.Linear(hidden_nf, hidden_nf))
+        self.att_mlp = nn.Sequential(nn.Linear(hidden_nf, 1), nn.Sigmoid()) if attention else None
+
+    def forward(self, h: Tensor, row: Tensor, col: Tensor, edge_attr: Tensor, inv_degree: Tensor | None) -> Tensor:
+        m = self.edge_mlp(torch.cat([h[row], h[col], edge_attr.to(h.dtype)], dim=1))
+        if self.att_mlp is not None:
+            m = m * self.att_mlp(m)
+        agg = _aggregate(m, row, h.shape[0], self.normalization_factor, self.aggregation_method, inv_degree)
+        return h + self.node_mlp(torch.cat([h, agg.to(h.dtype)], dim=1))
+
+
+def _aggregate(msg: Tensor, row: Tensor, n: int, normalization_factor: float, method: str,
+               inv_degree: Tensor | None) -> Tensor:
+    acc = torch.promote_types(msg.dtype, torch.float32)  # sum bf16/fp16 messages in fp32
+    out = torch.zeros((n, msg.shape[1]), dtype=acc, device=msg.device).index_add_(0, row, msg.to(acc))
+    if method == "sum":
+        return out / normalization_factor
+    return out * inv_degree.to(out.dtype)  # "mean"
+
+
+class EquivariantUpdate(nn.Module):
+    """x_i += Σ_j (x_i − x_j)/(‖x_i − x_j‖ + c) · tanh(φ_x(h_i, h_j, e_ij)) · r / Z  (computed in float32)."""
+
+    def __init__(self, hidden_nf: int, edge_nf: int, normalization_factor: float, aggregation_method: str,
+                 tanh: bool, coords_range: float) -> None:
+        super().__init__()
+        self.tanh, self.coords_range = tanh, coords_range
+        self.normalization_factor, self.aggregation_method = normalization_factor, aggregation_method
+        last = nn.Linear(hidden_nf, 1, bias=False)
+        nn.init.xavier_uniform_(last.weight, gain=0.001)  # EDM: start near the identity map on x
+        self.coord_mlp = nn.Sequential(nn.Linear(2 * hidden_nf + edge_nf, hidden_nf), nn.SiLU(),
+                                       nn.Linear(hidden_nf, hidden_nf), nn.SiLU(), last)
+
+    def forward(self, h: Tensor, x: Tensor, row: Tensor, col: Tensor, coord_diff: Tensor, edge_attr: Tensor,
+                inv_degree: Tensor | None) -> Tensor:
+        phi = self.coord_mlp(torch.cat([h[row], h[col], edge_attr.to(h.dtype)], dim=1)).float()
+        phi = torch.tanh(phi) * self.coords_range if self.tanh else phi
+        trans = coord_diff * phi
+        return x + _aggregate(trans, row, x.shape[0], self.normalization_factor, self.aggregation_method, inv_degree)
+
+
+class EquivariantBlock(nn.Module):
+    """``inv_sublayers`` GCLs then one equivariant coordinate update, with e_ij = [d²_ij(block input), d²_ij(net input)]."""
+
+    def __init__(self, hidden_nf: int, inv_sublayers: int, attention: bool, tanh: bool, coords_range: float,
+                 norm_constant: float, normalization_factor: float, aggregation_method: str) -> None:
+        super().__init__()
+        self.norm_constant = norm_constant
+        self.gcls = nn.ModuleList(GCL(hidden_nf, 2, normalization_factor, aggregation_method, attention)
+                                  for _ in range(inv_sublayers))
+        self.update = EquivariantUpdate(hidden_nf, 2, normalization_factor, aggregation_method, tanh, coords_range)
+
+    def forward(self, h: Tensor, x: Tensor, row: Tensor, col: Tensor, d2_input: Tensor,
+                inv_degree: Tensor | None) -> tuple[Tensor, Tensor]:
+        d2, coord_diff = coord2diff(x, row, col, self.norm_constant)
+        edge_attr = torch.cat([d2, d2_input], dim=1)
+        for gcl in self.gcls:
+            h = gcl(h, row, col, edge_attr, inv_degree)
+        return h, self.update(h, x, row, col, coord_diff, edge_attr, inv_degree)
+
+
+def coord2diff(x: Tensor, row: Tensor, col: Tensor, norm_constant: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(‖x_i − x_j‖² [E, 1], (x_i − x_j)/(‖x_i − x_j‖ + c) [E, 3]) in float32 (autocast-safe)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        diff = x[row] - x[col]
+        d2 = (diff * diff).sum(1, keepdim=True)
+        return d2, diff / (torch.sqrt(d2 + 1e-8) + norm_constant)
+
+
+class EGNNDynamics(_Configurable):
+    """EDM's EGNN ε-network for molecules (``EGNN_dynamics_QM9`` with ``egnn_dynamics`` mode) on flat batches.
+
+    ``net(x_t [n, 3+F], t [B], batch=[n], context=[B, context_nf] | None, num_graphs=None) -> ε̂ [n, 3+F]``.
+    EDM's QM9 model: ``EGNNDynamics(6, hidden_nf=256, n_layers=9, attention=True, tanh=True, coords_range=15,
+    norm_constant=1, inv_sublayers=1, normalization_factor=1, aggregation_method='sum', time_scale=1000)``.
+    """
+
+    def __init__(self, in_node_nf: int = 6, context_nf: int = 0, hidden_nf: int = 256, n_layers: int = 9,
+                 attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
+                 inv_sublayers: int = 1, sin_embedding: bool = False, normalization_factor: float = 1.0,
+                 aggregation_method: str = "sum", time_scale: float = 1000.0, condition_time: bool = True,
+                 check_inputs: bool = True) -> None:
+        super().__init__()
+        if sin_embedding:
+            raise ValueError("sin_embedding=True is not implemented (EDM's QM9 models use False)")
+        if aggregation_method not in ("sum", "mean"):
+            raise ValueError(f"aggregation_method must be 'sum' or 'mean', got {aggregation_method!r}")
+        if in_node_nf < 1 or hidden_nf < 1 or n_layers < 1 or inv_sublayers < 1 or context_nf < 0:
+            raise ValueError("in_node_nf, hidden_nf, n_layers, inv_sublayers must be >= 1 and context_nf >= 0")
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}")
+        self._config = dict(in_node_nf=in_node_nf, context_nf=context_nf, hidden_nf=hidden_nf, n_layers=n_layers,
+                            attention=attention, tanh=tanh, coords_range=float(coords_range),
+                            norm_constant=float(norm_constant), inv_sublayers=inv_sublayers,
+                            sin_embedding=sin_embedding, normalization_factor=float(normalization_factor),
+                            aggregation_method=aggregation_method, time_scale=float(time_scale),
+                            condition_time=condition_time, check_inputs=check_inputs)
+        self.in_node_nf, self.context_nf, self.time_scale = in_node_nf, context_nf, float(time_scale)
+        self.condition_time, self.check, self.aggregation_method = condition_time, check_inputs, aggregation_method
+        nf = in_node_nf + int(condition_time) + context_nf
+        self.embedding = nn.Linear(nf, hidden_nf)
+        self.embedding_out = nn.Linear(hidden_nf, nf)
+        self.blocks = nn.ModuleList(
+            EquivariantBlock(hidden_nf, inv_sublayers, attention, tanh, float(coords_range) / n_layers,
+                             norm_constant, normalization_factor, aggregation_method) for _ in range(n_layers))
+
+    def forward(self, x_t: Tensor, t: Tensor | float, batch: Tensor | None = None, context: Tensor | None = None,
+                num_graphs: int | None = None) -> Tensor:
+        """ε̂(x_t, t): positions part x_final − x_t minus its per-molecule mean; feature part W_out h (no t, c)."""
+        t, n_graphs = check_inputs(x_t, t, batch, self.in_node_nf, self.context_nf, context, num_graphs, self.check)
+        x = x_t[:, :N_DIMS].to(torch.promote_types(x_t.dtype, torch.float32))
+        dtype = self.embedding.weight.dtype
+        parts = [x_t[:, N_DIMS:].to(dtype)]
+        if self.condition_time:
+            parts.append((t / self.time_scale).to(dtype)[batch].unsqueeze(1))
+        if self.context_nf:
+            parts.append(context.to(dtype)[batch])
+        h = self.embedding(torch.cat(parts, dim=1))
+        row, col = fully_connected_edges(batch, n_graphs)
+        inv_degree = None
+        if self.aggregation_method == "mean":
+            inv_degree = 1.0 / (node_counts(batch, n_graphs) - 1).clamp(min=1)[batch].float().unsqueeze(1)
+        d2_input, _ = coord2diff(x, row, col)
+        x_cur = x
+        for block in self.blocks:
+            h, x_cur = block(h, x_cur, row, col, d2_input, inv_degree)
+        eps_h = self.embedding_out(h)[:, : self.in_node_nf]
+        eps_x = remove_mean(x_cur - x, batch, n_graphs)
+        return torch.cat([eps_x.to(x_t.dtype), eps_h.to(x_t.dtype)], dim=1)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self._config.items() if k not in ("check_inputs",))
+
+
+def edm_qm9_egnn(time_scale: float = 1000.0, context_nf: int = 0, include_charges: bool = True) -> EGNNDynamics:
+    """EDM's QM9 network (9 × 256 EGNN, attention, tanh, coords_range 15, normalization_factor 1, sum)."""
+    return EGNNDynamics(in_node_nf=5 + int(include_charges), context_nf=context_nf, hidden_nf=256, n_layers=9,
+                        attention=True, tanh=True, coords_range=15.0, norm_constant=1.0, inv_sublayers=1,
+                        sin_embedding=False, normalization_factor=1.0, aggregation_method="sum",
+                        time_scale=time_scale)
+
+
+__all__ = ["EGNNDynamics", "GCL", "EquivariantUpdate", "EquivariantBlock", "coord2diff", "edm_qm9_egnn",
+           "fully_connected_edges", "remove_mean", "check_inputs", "node_counts"]
