@@ -52,7 +52,7 @@ def run_domain_demo(domain: str, output: Path, max_steps: int | None = None, see
     steps = max_steps or DEMO_STEPS.get(domain, 500)
     run = output / domain
     cfg = load_config(None, {"domain": domain, "max_steps": steps, "seed": seed, "checkpoint_every": steps,
-                             "log_every": 10})
+                             "log_every": max(1, min(10, steps // 4))})
     from .training import fit
 
     print(f"[demo] training {domain} for {steps} steps on its bundled data → {run}", flush=True)

@@ -103,3 +103,24 @@ def test_misspelt_domain_console_exit_code(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip() == "sciddpm: error: unknown domain 'tabulr'; known domains: tabular"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_trains_samples_and_writes_files(tmp_path, capsys):
+    """`sciddpm demo` (short): trains the default domain, writes samples/PNGs/metrics, then the oracle demo,
+    whose PF-ODE log-likelihood must equal the exact one within 1%."""
+    assert main(["demo", "--output", str(tmp_path), "--max-steps", "8", "--n", "200"]) == 0
+    run = tmp_path / "tabular"
+    for name in ("samples.csv", "samples.png", "loss.png", "metrics.json", "export/model.safetensors"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_steps"] == 8 and set(metrics["metrics"]) >= {"mean_abs_error", "sliced_w2_heldout"}
+    core = json.loads((tmp_path / "core" / "demo.json").read_text())
+    ll = core["likelihood"]
+    assert abs(ll["pf_ode_exact_trace"] - ll["exact_log_q0"]) < 0.01 * abs(ll["exact_log_q0"])
+    assert (tmp_path / "core" / "demo.png").is_file()
+
+
+def test_demo_rejects_a_misspelt_domain(tmp_path, capsys):
+    """A misspelt demo domain is a one-line error and writes nothing."""
+    err = _error(capsys, ["demo", "--output", str(tmp_path / "d"), "--domain", "molecuels"])
+    assert "unknown domain 'molecuels'" in err and not (tmp_path / "d").exists()
