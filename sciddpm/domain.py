@@ -110,7 +110,10 @@ def get_domain(name: str, loader: Callable[[str], None] | None = None) -> type[D
 
 
 #: Modules that register a domain when imported (the core imports none of them itself).
-DOMAIN_MODULES: dict[str, str] = {"tabular": "examples.tabular_domain"}
+DOMAIN_MODULES: dict[str, str] = {
+    "tabular": "examples.tabular_domain",
+    "molecules": "sciddpm.domains.molecules.adapter",
+}
 
 
 def known_domains() -> list[str]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .objectives import predict_x0
-from .samplers import check_grid, noise_to_time, scaled_noise_level
+from .samplers import VarianceFn, check_grid, noise_to_time, reverse_variance, scaled_noise_level
 from .schedules import NoiseSchedule
 from .spaces import Space
 
@@ -101,7 +101,7 @@ def _bin_term(space: Space, bin_width: float | None) -> Tensor:
 
 # ==================================================================================================
 def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid: Tensor, *,
-         variance: str | Tensor = "beta_tilde", decoder: Literal["gaussian", "discretized"] = "gaussian",
+         variance: str | Tensor | VarianceFn = "beta_tilde", decoder: Literal["gaussian", "discretized"] = "gaussian",
          num_bins: int = 256, data_range: tuple[float, float] = (-1.0, 1.0), bin_width: float | None = None,
          generator: torch.Generator | None = None) -> LikelihoodResult:
     """Negative ELBO of the reverse chain on ``grid`` (Sohl-Dickstein et al. 2015; Ho et al. 2020, eq. 5):
@@ -110,7 +110,10 @@ def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid:
 
     Each KL uses one draw x_t ~ q(x_t|x₀); the Gaussian posterior q(x_s|x_t,x₀) has mean
     α_s β_{t|s}/σ_t² x₀ + α_{t|s} σ_s²/σ_t² x_t and variance β̃_{t|s}; the model replaces x₀ by x̂₀. Reverse
-    variances: β_{t|s}, β̃_{t|s}, or a table of K variances (the last entry is the decoder's).
+    variances: β_{t|s}, β̃_{t|s}, a table of K variances (the last entry is the decoder's), or a callable
+    (x_t, t, s, ε̂) → per-element variances (SN/NPR-DPM), for which each KL is summed element by element over
+    the valid elements (for a zero-CoM part that is all coordinates, an approximation: the subspace has no
+    per-coordinate basis).
     When the grid ends at σ = 0 the last step is the decoder (with β̃, whose last value is 0, the decoder
     takes the previous step's β̃, as Ho et al.'s clipped log-variance). When it ends at σ(t_min) > 0, a decoder
     N(x̂₀(x_{t_min}), σ²/α²) is appended (one extra NFE). ``discretized`` uses Ho et al.'s 8-bit decoder.
@@ -121,13 +124,9 @@ def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid:
     check_grid(schedule, grid)
     x0 = space.project(x0.to(torch.float64))
     steps = grid.numel() - 1
-    if isinstance(variance, Tensor):
-        if variance.shape != (steps,):
-            raise ValueError(f"variance table has shape {tuple(variance.shape)}, expected ({steps},)")
-        if not torch.isfinite(variance).all() or (variance <= 0).any():
-            raise ValueError("variance table must be finite and positive")
-    elif variance not in ("beta", "beta_tilde"):
-        raise ValueError(f"unknown variance {variance!r}; expected 'beta', 'beta_tilde' or a tensor")
+    variance_at = reverse_variance(schedule, variance, steps)
+    if isinstance(variance, Tensor) and (variance <= 0).any():
+        raise ValueError("variance table must be finite and positive")
     if decoder not in ("gaussian", "discretized"):
         raise ValueError(f"unknown decoder {decoder!r}; expected 'gaussian' or 'discretized'")
     dof, b = space.dof, space.batch_size
@@ -138,45 +137,49 @@ def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid:
     p2 = schedule.prior_std**2
     prior = gaussian_kl(schedule.alpha_sq(t0) * x0_sq, schedule.sigma_sq(t0).expand(b), torch.tensor(p2).expand(b), dof)
 
-    def reverse_var(i: int, t: Tensor, s: Tensor) -> Tensor:
-        if isinstance(variance, Tensor):
-            return variance[i].to(torch.float64)
-        return schedule.skip_beta(s, t) if variance == "beta" else schedule.posterior_variance(s, t)
-
-    def x0_hat_at(t: Tensor) -> tuple[Tensor, Tensor]:
+    def draw(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x_t = schedule.alpha(t) * x0 + schedule.sigma(t) * space.noise(generator=generator, dtype=torch.float64)
         with torch.no_grad():
             eps = eps_fn(x_t, _times(t, b)).to(torch.float64)
-        return x_t, predict_x0(eps, x_t, schedule.alpha(t), schedule.sigma(t))
+        return x_t, eps, predict_x0(eps, x_t, schedule.alpha(t), schedule.sigma(t))
 
     diffusion = torch.zeros(b, dtype=torch.float64, device=space.device)
     ends_at_data = float(schedule.sigma_sq(grid[-1])) == 0.0
     kl_steps = steps - 1 if ends_at_data else steps
     for i in range(kl_steps):
         t, s = grid[i], grid[i + 1]
-        _, x0_hat = x0_hat_at(t)
+        x_t, eps, x0_hat = draw(t)
         coef = schedule.alpha(s) * schedule.skip_beta(s, t) / schedule.sigma_sq(t)
-        d2 = coef**2 * space.sum_per_sample((x0 - x0_hat) ** 2)
-        diffusion = diffusion + gaussian_kl(d2, schedule.posterior_variance(s, t).expand(b), reverse_var(i, t, s).expand(b), dof)
+        var_q, var_p = schedule.posterior_variance(s, t), variance_at(i, x_t, t, s, eps)
+        if var_p.dim() == 0:
+            d2 = coef**2 * space.sum_per_sample((x0 - x0_hat) ** 2)
+            diffusion = diffusion + gaussian_kl(d2, var_q.expand(b), var_p.expand(b), dof)
+        else:  # per-element reverse variances
+            r = var_q / var_p
+            diffusion = diffusion + 0.5 * space.sum_per_sample(r - 1 - torch.log(r) + coef**2 * (x0 - x0_hat) ** 2 / var_p)
 
     # decoder
     if ends_at_data:
-        t_dec = grid[-2]
-        _, x0_hat = x0_hat_at(t_dec)
-        if isinstance(variance, Tensor) or variance == "beta":
-            var = reverse_var(steps - 1, t_dec, grid[-1])
-        else:  # β̃ into σ = 0 is 0: take the previous step's β̃ (or β when K = 1)
-            var = schedule.posterior_variance(grid[-2], grid[-3]) if steps >= 2 else schedule.skip_beta(grid[-1], t_dec)
-        mean = schedule.alpha(grid[-1]) * x0_hat
+        t_dec, s_dec = grid[-2], grid[-1]
+        x_t, eps, x0_hat = draw(t_dec)
+        if variance == "beta_tilde":  # β̃ into σ = 0 is 0: take the previous step's β̃ (or β when K = 1)
+            var = schedule.posterior_variance(grid[-2], grid[-3]) if steps >= 2 else schedule.skip_beta(s_dec, t_dec)
+        else:
+            var = variance_at(steps - 1, x_t, t_dec, s_dec, eps)
+        mean = schedule.alpha(s_dec) * x0_hat
     else:
         t_dec = grid[-1]
-        _, x0_hat = x0_hat_at(t_dec)
+        _, _, x0_hat = draw(t_dec)
         var = schedule.sigma_sq(t_dec) / schedule.alpha_sq(t_dec)
         mean = x0_hat
-    if decoder == "gaussian":
+    if (var <= 0).any():
+        raise ValueError("the decoder variance must be positive")
+    if decoder == "discretized":
+        dec = discretized_gaussian_nll(x0, mean, var, space, num_bins, data_range)
+    elif var.dim() == 0:
         dec = gaussian_nll(space.sum_per_sample((x0 - mean) ** 2), var.expand(b), dof)
     else:
-        dec = discretized_gaussian_nll(x0, mean, var, space, num_bins, data_range)
+        dec = 0.5 * space.sum_per_sample((x0 - mean) ** 2 / var + torch.log(2 * math.pi * var))
     nll = prior + diffusion + dec + _bin_term(space, bin_width)
     return LikelihoodResult(nll, dof, {"prior": prior, "diffusion": diffusion, "decoder": dec})
 

@@ -145,6 +145,39 @@ class GaussianMixture:
         alpha, s2 = self._coeffs(schedule, t, x.shape[0])
         return (x.to(torch.float64) + s2.unsqueeze(-1) * self.score(x, schedule, t)) / alpha.unsqueeze(-1)
 
+    def _posterior_components(self, x: Tensor, schedule: NoiseSchedule, t: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-component posteriors q(x₀ | x_t, k) = N(m_k, S_k) with S_k = (Σ_k⁻¹ + α²/σ² I)⁻¹ and
+        m_k = S_k(Σ_k⁻¹ μ_k + α/σ² x_t), in the eigenbasis: (responsibilities [B,K], m [B,K,D], S eigenvalues [B,K,D])."""
+        alpha, s2 = self._coeffs(schedule, t, x.shape[0])
+        x = x.to(torch.float64)
+        a = alpha.reshape(-1, 1, 1)
+        prec_x = (a * a / s2.reshape(-1, 1, 1))  # α²/σ²
+        s_eig = 1.0 / (1.0 / self.evals[None] + prec_x)  # [B,K,D]
+        mu_e = torch.einsum("kd,kdj->kj", self.means, self.evecs)[None]  # μ in each eigenbasis
+        x_e = torch.einsum("bd,kdj->bkj", x, self.evecs)
+        m_e = s_eig * (mu_e / self.evals[None] + (a / s2.reshape(-1, 1, 1)) * x_e)
+        m = torch.einsum("bkj,kdj->bkd", m_e, self.evecs)
+        return self.responsibilities(x, schedule, t), m, s_eig
+
+    def x0_posterior_cov(self, x: Tensor, schedule: NoiseSchedule, t: float | Tensor) -> Tensor:
+        """Cov[x₀ | x_t = x] = Σ_k r_k (S_k + m_k m_kᵀ) − m̄ m̄ᵀ, [B, D, D] (closed form for the mixture)."""
+        r, m, s_eig = self._posterior_components(x, schedule, t)
+        s_full = torch.einsum("kdj,bkj,kej->bkde", self.evecs, s_eig, self.evecs)
+        second = torch.einsum("bk,bkde->bde", r, s_full + m[..., :, None] * m[..., None, :])
+        mean = torch.einsum("bk,bkd->bd", r, m)
+        return second - mean[:, :, None] * mean[:, None, :]
+
+    def sample_posterior(self, x: Tensor, schedule: NoiseSchedule, t: float | Tensor, n: int,
+                         generator: torch.Generator | None = None) -> Tensor:
+        """n exact draws of x₀ ~ q(x₀ | x_t = x) for every row of x: [n, B, D]."""
+        r, m, s_eig = self._posterior_components(x, schedule, t)
+        b = x.shape[0]
+        comp = torch.multinomial(r, n, replacement=True, generator=generator).T  # [n, B]
+        z = torch.randn((n, b, self.dim), dtype=torch.float64, generator=generator)
+        rows = torch.arange(b).expand(n, b)
+        scaled = z * s_eig[rows, comp].sqrt()
+        return m[rows, comp] + torch.einsum("nbj,nbdj->nbd", scaled, self.evecs[comp])
+
     def eps_fn(self, schedule: NoiseSchedule, components: Tensor | None = None) -> EpsFn:
         """The exact ε-predictor as a denoiser callable (x [B, D], t [B]) → ε̂ in x's dtype."""
 

@@ -143,33 +143,53 @@ def _coef(value: Tensor, x: Tensor) -> Tensor:
 # Ancestral samplers
 # ==================================================================================================
 def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
-         variance: str | Tensor = "beta_tilde", generator: torch.Generator | None = None,
+         variance: str | Tensor | VarianceFn = "beta_tilde", generator: torch.Generator | None = None,
          clip_x0: tuple[float, float] | None = None) -> SamplerOutput:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) on any grid, via the posterior q(x_s | x_t, x̂₀):
 
         μ = α_s β_{t|s}/σ_t² · x̂₀ + α_{t|s} σ_s²/σ_t² · x_t,   x_s = μ + v^{1/2} z,
 
-    with v = β̃_{t|s} = σ_s² β_{t|s}/σ_t² (``beta_tilde``), v = β_{t|s} (``beta``), or a supplied table
-    of K per-step variances (e.g. Analytic-DPM's). No noise is added on a step into σ_s = 0.
+    with v = β̃_{t|s} = σ_s² β_{t|s}/σ_t² (``beta_tilde``), v = β_{t|s} (``beta``), a supplied table
+    of K per-step variances (e.g. Analytic-DPM's), or a callable (x_t, t, s, ε̂) → per-element variances
+    (SN/NPR-DPM's diagonal covariances). No noise is added on a step into σ_s = 0.
     """
     x = _prepare(schedule, space, x, grid)
     steps = grid.numel() - 1
+    variance_at = reverse_variance(schedule, variance, steps)
+    eps_fn = _CountedEps(eps_fn, space)
+    for i in range(steps):
+        t, s = grid[i], grid[i + 1]
+        eps = eps_fn(x, t)
+        x = ancestral_step(eps, schedule, space, x, t, s, variance_at(i, x, t, s, eps), generator=generator,
+                           clip_x0=clip_x0)
+    return SamplerOutput(x, eps_fn.calls)
+
+
+VarianceFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def reverse_variance(schedule: NoiseSchedule, variance: str | Tensor | VarianceFn, steps: int
+                     ) -> Callable[[int, Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """Validate a reverse-variance choice and return ``at(i, x_t, t, s, ε̂)`` giving step i's variance
+    (a float64 scalar, or per-element for a callable)."""
     if isinstance(variance, Tensor):
         if variance.shape != (steps,):
             raise ValueError(f"variance table has shape {tuple(variance.shape)}, expected ({steps},) for this grid")
         if not torch.isfinite(variance).all() or (variance < 0).any():
             raise ValueError("variance table must be finite and non-negative")
-    elif variance not in ("beta", "beta_tilde"):
-        raise ValueError(f"unknown variance {variance!r}; expected 'beta', 'beta_tilde' or a tensor")
-    eps_fn = _CountedEps(eps_fn, space)
-    for i in range(steps):
-        t, s = grid[i], grid[i + 1]
-        if isinstance(variance, Tensor):
-            var = variance[i].to(torch.float64)
-        else:
-            var = schedule.skip_beta(s, t) if variance == "beta" else schedule.posterior_variance(s, t)
-        x = ancestral_step(eps_fn(x, t), schedule, space, x, t, s, var, generator=generator, clip_x0=clip_x0)
-    return SamplerOutput(x, eps_fn.calls)
+        return lambda i, x, t, s, eps: variance[i].to(torch.float64)
+    if callable(variance):
+        def at(i: int, x: Tensor, t: Tensor, s: Tensor, eps: Tensor) -> Tensor:
+            v = variance(x, t, s, eps)
+            if not torch.isfinite(v).all() or (v < 0).any():
+                raise ValueError(f"variance function returned NaN, inf or negative values at step {i}")
+            return v
+        return at
+    if variance == "beta":
+        return lambda i, x, t, s, eps: schedule.skip_beta(s, t)
+    if variance == "beta_tilde":
+        return lambda i, x, t, s, eps: schedule.posterior_variance(s, t)
+    raise ValueError(f"unknown variance {variance!r}; expected 'beta', 'beta_tilde', a tensor or a callable")
 
 
 def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor, t: Tensor, s: Tensor, var: Tensor, *,
@@ -182,8 +202,9 @@ def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor
     if clip_x0 is not None:
         x0 = x0.clamp(*clip_x0)
     mean = _coef(schedule.alpha(s) * b_ts / sig2_t, x) * x0 + _coef(schedule.skip_alpha(s, t) * sig2_s / sig2_t, x) * x
-    if float(sig2_s) > 0 and float(var) > 0:
-        mean = mean + _coef(torch.as_tensor(var, dtype=torch.float64).sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
+    var = torch.as_tensor(var, dtype=torch.float64)
+    if float(sig2_s) > 0 and bool((var > 0).any()):
+        mean = mean + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
     return space.project(mean)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .objectives import coefficients
 from .schedules import NoiseSchedule
 from .spaces import Space
 
@@ -223,3 +224,78 @@ def optimal_trajectory(schedule: NoiseSchedule, gamma: GammaTable | Callable[[Te
         path.append(int(arg[path[-1]]))
     path.append(0)
     return torch.tensor(path, dtype=torch.float64)
+
+
+# ==================================================================================================
+# SN-DPM and NPR-DPM: diagonal covariances with an imperfect mean (Bao et al., ICML 2022)
+# ==================================================================================================
+def diagonal_optimal_variance(schedule: NoiseSchedule, s: Tensor, t: Tensor, error_sq: Tensor, *,
+                              eta: float | None = None,
+                              data_range: tuple[Tensor | float, Tensor | float] | None = None) -> Tensor:
+    """The optimal diagonal covariance of the step t → s for a FIXED (imperfect) mean (Bao et al. 2022b, Thm. 1):
+
+        Σ*(x_t)_i = λ² + (σ_t/α_{t|s} − (σ_s² − λ²)^{1/2})² · E[(ε − ε̂(x_t))_i² | x_t],
+
+    with ``error_sq`` = E[(ε − ε̂)² | x_t] per element (NPR's head, or SN's E[ε²|x_t] − ε̂²). Clipped elementwise
+    to [λ², λ² + c² α_t²/σ_t² ((b_i − a_i)/2)²] with per-channel bounds broadcast against the last axis.
+    """
+    s, t = torch.as_tensor(s, dtype=torch.float64), torch.as_tensor(t, dtype=torch.float64)
+    lam_sq = _lambda_sq(schedule, s, t, eta)
+    c2 = _x0_coefficient(schedule, s, t, lam_sq) ** 2
+    v = lam_sq + c2 * error_sq.to(torch.float64).clamp_min(0)
+    if data_range is not None:
+        a, b = (torch.as_tensor(v_, dtype=torch.float64) for v_ in data_range)
+        if (b <= a).any():
+            raise ValueError("data_range needs b > a in every channel")
+        v = torch.minimum(v, lam_sq + c2 * ((b - a) / 2) ** 2 * schedule.alpha_sq(t) / schedule.sigma_sq(t))
+    return v
+
+
+def sn_error_from_second_moment(eps_sq: Tensor, eps_hat: Tensor) -> Tensor:
+    """SN-DPM: E[(ε − ε̂)² | x] ≈ E[ε² | x] − ε̂², exact when ε̂ = E[ε | x] (clipped at 0)."""
+    return (eps_sq - eps_hat**2).clamp_min(0)
+
+
+def covariance_head_loss(head: Callable[[Tensor, Tensor], Tensor], mean_eps_fn: EpsFn, schedule: NoiseSchedule,
+                         space: Space, x0: Tensor, *, kind: str = "npr",
+                         generator: torch.Generator | None = None) -> Tensor:
+    """Second-stage loss on a frozen mean network (Bao et al. 2022b, eq. 9–10), per-sample mean over d:
+
+        NPR: ‖h(x_t, t) − (ε − ε̂(x_t, t))²‖²/d,     SN: ‖h(x_t, t) − ε²‖²/d,
+
+    whose minimisers are E[(ε − ε̂)² | x_t] and E[ε² | x_t]. t is uniform; ε ~ space.noise. Returns the batch mean.
+    """
+    if kind not in ("npr", "sn"):
+        raise ValueError(f"unknown covariance head kind {kind!r}; expected 'npr' or 'sn'")
+    from .objectives import sample_times
+
+    space.check(x0, name="x0")
+    x0 = space.project(x0)
+    t, _ = sample_times(schedule, space.batch_size, generator=generator, device=space.device)
+    eps = space.noise(generator=generator, dtype=x0.dtype)
+    alpha, sigma = coefficients(schedule, space, t, x0.dtype)
+    x_t = alpha * x0 + sigma * eps
+    with torch.no_grad():
+        eps_hat = mean_eps_fn(x_t, t)
+    target = (eps - eps_hat) ** 2 if kind == "npr" else eps**2
+    pred = head(x_t, t)
+    space.check(pred, name="covariance head output")
+    return space.mean_square_per_sample(pred - target).mean()
+
+
+def diagonal_variance_fn(schedule: NoiseSchedule, head: Callable[[Tensor, Tensor], Tensor], *, kind: str = "npr",
+                         eta: float | None = None,
+                         data_range: tuple[Tensor | float, Tensor | float] | None = None
+                         ) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """A per-element variance callable ``(x_t, t, s, ε̂) -> Σ`` for ``ddpm``/``elbo`` from a trained NPR or SN head."""
+    if kind not in ("npr", "sn"):
+        raise ValueError(f"unknown covariance head kind {kind!r}; expected 'npr' or 'sn'")
+
+    def variance(x: Tensor, t: Tensor, s: Tensor, eps_hat: Tensor) -> Tensor:
+        t_b = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        with torch.no_grad():
+            h = head(x, t_b).to(torch.float64)
+        err = h if kind == "npr" else sn_error_from_second_moment(h, eps_hat.to(torch.float64))
+        return diagonal_optimal_variance(schedule, s, t, err, eta=eta, data_range=data_range)
+
+    return variance
