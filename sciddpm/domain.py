@@ -47,6 +47,15 @@ class Domain(ABC):
         """Keyword conditioning passed to the network (none by default)."""
         return {}
 
+    def sample_condition(self, space: Space) -> dict[str, Any]:
+        """Keyword conditioning for sampling in ``space`` (e.g. the graph ``batch`` index); none by default."""
+        return {}
+
+    #: Optional per-channel data box (a, b) for Analytic-DPM's upper bound, and the data resolution that caps
+    #: the last reverse step (Bao et al. 2022); None where the domain has no such bound.
+    data_range: tuple[Any, Any] | None = None
+    resolution: float | None = None
+
     @abstractmethod
     def train_dataset(self, options: dict[str, Any]) -> Dataset:
         """The training set (ValueError for a missing or malformed data path, or non-finite data)."""

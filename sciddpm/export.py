@@ -47,6 +47,31 @@ def export_model(module: DiffusionModule, path: Path, variances: dict[str, Tenso
     return path
 
 
+def save_variances(path: str | Path, variances: dict[str, Tensor]) -> Path:
+    """Add (or replace) ``variance.*`` tensors, e.g. an Analytic-DPM Γ table, in an export folder: the weights file
+    and its checksum in ``config.json`` are rewritten together through a temporary folder."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    load(path)  # validates the export (format, checksum, weights) before anything is rewritten
+    tensors = load_file(str(path / "model.safetensors"))
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("variance.")}
+    tensors.update({f"variance.{k}": v.detach().cpu().contiguous() for k, v in variances.items()})
+    config = json.loads((path / "config.json").read_text())
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": EXPORT_FORMAT})
+    config["weights_sha256"] = _sha256(tmp / "model.safetensors")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old)
+    return path
+
+
 def _sha256(path: Path) -> str:
     import hashlib
 
@@ -124,4 +149,4 @@ def _load_checkpoint(path: Path) -> DiffusionModel:
     return DiffusionModel(domain, net, schedule_from_config(cfg.schedule), cfg.parameterization, asdict(cfg))
 
 
-__all__ = ["export_model", "load", "EXPORT_FORMAT", "EXPORT_VERSION"]
+__all__ = ["export_model", "load", "save_variances", "EXPORT_FORMAT", "EXPORT_VERSION"]

@@ -77,18 +77,23 @@ class GammaTable:
         return cls(t, g, s)
 
 
-def estimate_gamma(eps_fn: EpsFn, schedule: NoiseSchedule, batches: Iterable[tuple[Tensor, Space]], times: Tensor,
+def estimate_gamma(eps_fn: EpsFn | None, schedule: NoiseSchedule, batches: Iterable[tuple], times: Tensor,
                    generator: torch.Generator | None = None) -> GammaTable:
     """Monte-Carlo Γ_t = E_{x₀, ε} ‖ε̂(α_t x₀ + σ_t ε, t)‖² / d over the data batches (Bao et al. 2022, eq. 8).
 
-    ``batches`` yields (x₀, space) pairs of training data; every batch is noised at every time in ``times``.
-    Per-sample values ‖ε̂‖²/d are averaged over all samples; the standard error is their SD/√n.
+    ``batches`` yields (x₀, space) pairs of training data, or (x₀, space, ε-predictor) triples when the predictor
+    depends on the batch (graph conditions); every batch is noised at every time in ``times``. Per-sample values
+    ‖ε̂‖²/d are averaged over all samples; the standard error is their SD/√n.
     """
     times = torch.as_tensor(times, dtype=torch.float64).flatten()
     sums = torch.zeros_like(times)
     sq_sums = torch.zeros_like(times)
     count = 0
-    for x0, space in batches:
+    for item in batches:
+        x0, space = item[0], item[1]
+        batch_eps = item[2] if len(item) > 2 else eps_fn
+        if batch_eps is None:
+            raise ValueError("estimate_gamma needs an eps_fn or (x0, space, eps_fn) batches")
         space.check(x0, name="x0")
         if not torch.isfinite(x0).all():
             raise ValueError("x0 contains NaN or inf")
@@ -97,7 +102,7 @@ def estimate_gamma(eps_fn: EpsFn, schedule: NoiseSchedule, batches: Iterable[tup
             eps = space.noise(generator=generator, dtype=x0.dtype)
             x_t = schedule.alpha(t).to(x0.dtype) * x0 + schedule.sigma(t).to(x0.dtype) * eps
             with torch.no_grad():
-                eps_hat = eps_fn(x_t, t.expand(space.batch_size))
+                eps_hat = batch_eps(x_t, t.expand(space.batch_size))
             per_sample = space.mean_square_per_sample(eps_hat).to(torch.float64)
             sums[j] += per_sample.sum()
             sq_sums[j] += (per_sample**2).sum()

@@ -124,3 +124,21 @@ def test_demo_rejects_a_misspelt_domain(tmp_path, capsys):
     """A misspelt demo domain is a one-line error and writes nothing."""
     err = _error(capsys, ["demo", "--output", str(tmp_path / "d"), "--domain", "molecuels"])
     assert "unknown domain 'molecuels'" in err and not (tmp_path / "d").exists()
+
+
+def test_estimate_variance_then_analytic_sampling(run, tmp_path, capsys):
+    """`estimate-variance` saves a Γ table in the export (checksum still valid); `sample --variance analytic`
+    uses it; without a table, analytic sampling is a one-line error."""
+    export = tmp_path / "export"
+    shutil.copytree(run / "export", export)
+    err = _error(capsys, ["sample", str(export), "--n", "8", "--steps", "5", "--variance", "analytic",
+                          "--output", str(tmp_path / "a.csv")])
+    assert "no Gamma table" in err and not (tmp_path / "a.csv").exists()
+    assert main(["estimate-variance", str(export), "--batches", "2", "--batch-size", "16", "--num-times", "20"]) == 0
+    from sciddpm.export import load
+
+    model = load(export)
+    assert model.variances["gamma"].shape == (20,) and (model.variances["gamma_stderr"] > 0).all()
+    assert main(["sample", str(export), "--n", "8", "--steps", "5", "--variance", "analytic",
+                 "--output", str(tmp_path / "a.csv")]) == 0
+    assert len((tmp_path / "a.csv").read_text().splitlines()) == 9
