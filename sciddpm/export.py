@@ -24,51 +24,45 @@ EXPORT_VERSION = 1
 def export_model(module: DiffusionModule, path: Path, variances: dict[str, Tensor] | None = None) -> Path:
     """Write ``path/model.safetensors`` (EMA weights ``net.*``, domain statistics ``domain.*``, variance tables
     ``variance.*``) and ``path/config.json``; written to a temporary folder and renamed into place."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     tensors = {f"net.{k}": v for k, v in module.ema.state_dict().items()}
     tensors.update({f"domain.{k}": v for k, v in module.domain.state_tensors().items()})
     tensors.update({f"variance.{k}": v for k, v in (variances or {}).items()})
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
     config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "domain": module.domain.name,
               "domain_options": module.domain.options, "schedule": module.schedule.config(),
               "parameterization": module.cfg.parameterization, "backbone": module.cfg.backbone,
               "train_config": asdict(module.cfg)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": EXPORT_FORMAT})
-    config["weights_sha256"] = _sha256(tmp / "model.safetensors")
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    return path
+    return _write_export(Path(path), tensors, config)
 
 
 def save_variances(path: str | Path, variances: dict[str, Tensor]) -> Path:
     """Add (or replace) ``variance.*`` tensors, e.g. an Analytic-DPM Γ table, in an export folder: the weights file
     and its checksum in ``config.json`` are rewritten together through a temporary folder."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = Path(path)
     load(path)  # validates the export (format, checksum, weights) before anything is rewritten
-    tensors = load_file(str(path / "model.safetensors"))
-    tensors = {k: v for k, v in tensors.items() if not k.startswith("variance.")}
-    tensors.update({f"variance.{k}": v.detach().cpu().contiguous() for k, v in variances.items()})
-    config = json.loads((path / "config.json").read_text())
+    tensors = {k: v for k, v in load_file(str(path / "model.safetensors")).items() if not k.startswith("variance.")}
+    tensors.update({f"variance.{k}": v for k, v in variances.items()})
+    return _write_export(path, tensors, json.loads((path / "config.json").read_text()))
+
+
+def _write_export(path: Path, tensors: dict[str, Tensor], config: dict) -> Path:
+    """Write weights + config (with the weights' SHA-256) to a temporary folder, then swap it into ``path``."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": EXPORT_FORMAT})
-    config["weights_sha256"] = _sha256(tmp / "model.safetensors")
+    config = {**config, "weights_sha256": _sha256(tmp / "model.safetensors")}
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     old = path.with_name(f".{path.name}.old")
     shutil.rmtree(old, ignore_errors=True)
-    path.rename(old)
+    if path.exists():
+        path.rename(old)
     tmp.rename(path)
-    shutil.rmtree(old)
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
