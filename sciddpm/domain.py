@@ -122,6 +122,7 @@ def get_domain(name: str, loader: Callable[[str], None] | None = None) -> type[D
 DOMAIN_MODULES: dict[str, str] = {
     "tabular": "examples.tabular_domain",
     "molecules": "sciddpm.domains.molecules.adapter",
+    "images": "sciddpm.domains.images.adapter",
 }
 
 

@@ -1,0 +1,281 @@
+"""The molecules domain: EDM (Hoogeboom et al., ICML 2022) on QM9, wired to the core.
+
+State (per atom, a flat PyG node tensor [n_nodes, 9]): positions in Angstrom with zero centre of mass per
+molecule ⊕ one-hot(H, C, N, O, F) × 0.25 ⊕ atomic number × 0.1 (EDM's normalisation factors 1, 4, 10). Space:
+``ProductSpace([ZeroCoMSpace(GraphSpace(batch, 3)), GraphSpace(batch, 6)])``, so d = 3(N − 1) + 6N per molecule.
+Batches are ``torch_geometric.data.Batch`` objects (no padding). Backbone: EDM's EGNN (``backbone.EGNNDynamics``),
+called with ``batch=`` and ``num_graphs=``.
+
+Options (``data:``): ``path`` (``qm9.npz`` or its folder; default the committed subset
+``tests/data/qm9_subset.npz``, real training: ``../shared/data/qm9``), ``split`` (training split, default
+``train``), ``val_split`` (default ``valid``), ``max_molecules`` (optional cap, a seeded random subset),
+``split_seed`` (default 0). Backbone config: ``{}`` (a small CPU EGNN, 4 × 64), ``{"type": "egnn_paper"}``
+(EDM's 9 × 256), ``{"type": "egnn", **EGNNDynamics kwargs}`` or ``{"type": "e3nn", **E3NNDynamics kwargs}``.
+
+Schedule: the engine's TrainConfig default is linear; EDM's is ``EDM_SCHEDULE`` (polynomial_2, 1000 steps,
+precision 1e-5). Set it in the config (``schedule: {type: polynomial, ...}``) or use :func:`edm_config`.
+
+Samples and their molecule index: the engine's ``DiffusionModel.sample`` calls the network as ``net(x, t)`` and
+returns only the flat tensor. ``sample_space`` therefore binds the batch index of the space it returns to the
+domain (``self.sample_batch``); the network wrapper (:class:`MoleculeNet`) uses that binding when it is called
+without ``batch=``, and ``write_samples`` / ``plot_samples`` / ``evaluate`` decode a flat tensor with it (checked
+by node count). They also accept an explicit ``(samples, batch)`` tuple, which is what code that keeps its own
+space (e.g. the benchmark) passes.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from sciddpm.domain import Domain, register_domain
+from sciddpm.spaces import GraphSpace, ProductSpace, ZeroCoMSpace
+
+from .backbone import EGNNDynamics
+from .data import MoleculeSizeSampler, QM9Dataset, load_qm9
+from .metrics import ATOMIC_NUMBERS, ELEMENTS, bond_order_matrix, evaluate_molecules, write_sdf, xyz_block
+
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "tests" / "data" / "qm9_subset.npz"
+#: EDM's QM9 schedule (``polynomial_2``, T = 1000, precision 1e-5): put it in ``TrainConfig.schedule``.
+EDM_SCHEDULE: dict[str, Any] = {"type": "polynomial", "num_steps": 1000, "power": 2.0, "precision": 1e-5}
+#: The default (CPU-sized) EGNN; EDM's paper network is ``{"type": "egnn_paper"}`` (9 × 256).
+SMALL_EGNN: dict[str, Any] = {"n_layers": 4, "hidden_nf": 64}
+ONE_HOT_SCALE, CHARGE_SCALE = 0.25, 0.1
+N_FEATURES = len(ELEMENTS) + 1
+_Z_OF_TYPE = torch.tensor([ATOMIC_NUMBERS[e] for e in ELEMENTS])
+log = logging.getLogger(__name__)
+
+
+def edm_config(**overrides: Any) -> Any:
+    """A TrainConfig for the molecules domain with EDM's schedule (``overrides`` win)."""
+    from sciddpm.training import config_from_dict
+
+    return config_from_dict({"domain": "molecules", "schedule": dict(EDM_SCHEDULE), **overrides}, "edm_config")
+
+
+class MoleculeSet(Dataset):
+    """QM9 molecules as PyG ``Data(x=[n, 9] state)``: zero-CoM positions ⊕ one-hot × 0.25 ⊕ charge × 0.1."""
+
+    def __init__(self, qm9: QM9Dataset) -> None:
+        self.qm9 = qm9
+
+    def __len__(self) -> int:
+        return len(self.qm9)
+
+    def __getitem__(self, i: int) -> Any:
+        from torch_geometric.data import Data
+
+        item = self.qm9[i]
+        pos = item.pos - item.pos.mean(0, keepdim=True)
+        x = torch.cat([pos, item.one_hot * ONE_HOT_SCALE, item.charges * CHARGE_SCALE], dim=1)
+        return Data(x=x, num_nodes=x.shape[0])
+
+
+class _DomainRef:
+    """A reference to the domain that copies of the network (e.g. the engine's EMA deepcopy) share."""
+
+    def __init__(self, domain: "MoleculesDomain") -> None:
+        self.domain = domain
+
+    def __deepcopy__(self, memo: dict) -> "_DomainRef":
+        return self
+
+
+class MoleculeNet(nn.Module):
+    """The backbone called as ``net(x_t, t, batch=..., num_graphs=...)``; without ``batch`` it uses the batch
+    index that the domain's last ``sample_space`` bound (the engine's sampler passes no conditions)."""
+
+    def __init__(self, dynamics: nn.Module, domain: "MoleculesDomain") -> None:
+        super().__init__()
+        self.dynamics = dynamics
+        self._ref = _DomainRef(domain)  # not a sub-module, not in the state dict, shared by deep copies
+
+    def forward(self, x_t: Tensor, t: Tensor, batch: Tensor | None = None, num_graphs: int | None = None) -> Tensor:
+        if batch is None:
+            batch, num_graphs = self._ref.domain.bound_batch(x_t.shape[0])
+            batch = batch.to(x_t.device)
+        return self.dynamics(x_t, t, batch=batch, num_graphs=num_graphs)
+
+
+@register_domain
+class MoleculesDomain(Domain):
+    name = "molecules"
+    sample_suffix = ".sdf"
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.histogram: Tensor | None = None
+        self.sample_batch: tuple[Tensor, int] | None = None
+        self._qm9: dict[str, QM9Dataset] = {}
+
+    # ---------------------------------------------------------------------------------------- data
+    def _split(self, options: dict[str, Any], split: str) -> QM9Dataset:
+        path = str(options.get("path", DEFAULT_PATH))
+        key = f"{path}|{split}|{options.get('max_molecules')}|{options.get('split_seed', 0)}"
+        if key not in self._qm9:
+            if path not in self._qm9:
+                self._qm9 = {path: load_qm9(path)}  # one-line ValueErrors (NaN, empty molecule, element) propagate
+            view = self._qm9[path].split(split, seed=int(options.get("split_seed", 0)), as_view=True)
+            cap = options.get("max_molecules")
+            if cap is not None and int(cap) < len(view):
+                view = view.subset(np.sort(np.random.default_rng(0).permutation(len(view))[: int(cap)]))
+            if len(view) == 0:
+                raise ValueError(f"{path}: split {split!r} has no molecules")
+            self._qm9[key] = view
+        return self._qm9[key]
+
+    def train_dataset(self, options: dict[str, Any]) -> MoleculeSet:
+        qm9 = self._split(options, options.get("split", "train"))
+        self.histogram = torch.as_tensor(qm9.atom_count_histogram(), dtype=torch.float64)
+        return MoleculeSet(qm9)
+
+    def val_dataset(self, options: dict[str, Any]) -> MoleculeSet:
+        return MoleculeSet(self._split(options, options.get("val_split", "valid")))
+
+    def collate(self, items: list[Any]) -> Any:
+        from torch_geometric.data import Batch
+
+        return Batch.from_data_list(items)
+
+    def split_batch(self, batch: Any, parts: int) -> list[Any]:
+        """Interleaved shards by molecule (molecules k::parts), each a PyG Batch."""
+        from torch_geometric.data import Batch
+
+        data = batch.to_data_list()
+        return [Batch.from_data_list(data[k::parts]) for k in range(parts)]
+
+    # ---------------------------------------------------------------------------------------- model
+    def build_backbone(self, config: dict[str, Any]) -> nn.Module:
+        config = dict(config)
+        kind = config.pop("type", "egnn")
+        if kind == "egnn_paper":
+            config = {"hidden_nf": 256, "n_layers": 9, **config}
+            kind = "egnn"
+        if kind == "egnn":
+            net: nn.Module = EGNNDynamics(in_node_nf=N_FEATURES, **{**SMALL_EGNN, **config})
+        elif kind == "e3nn":
+            from .e3nn_backbone import E3NNDynamics
+
+            net = E3NNDynamics(in_node_nf=N_FEATURES, **config)
+        else:
+            raise ValueError(f"unknown molecules backbone type {kind!r}; expected 'egnn', 'egnn_paper' or 'e3nn'")
+        return MoleculeNet(net, self)
+
+    @staticmethod
+    def _space(batch: Tensor, num_graphs: int) -> ProductSpace:
+        return ProductSpace([ZeroCoMSpace(GraphSpace(batch, 3, num_graphs)), GraphSpace(batch, N_FEATURES, num_graphs)])
+
+    def space_for(self, batch: Any) -> ProductSpace:
+        return self._space(batch.batch, int(batch.num_graphs))
+
+    def state_from(self, batch: Any) -> Tensor:
+        return batch.x
+
+    def condition_from(self, batch: Any) -> dict[str, Any]:
+        return {"batch": batch.batch, "num_graphs": int(batch.num_graphs)}
+
+    # ---------------------------------------------------------------------------------------- sampling
+    def size_sampler(self) -> MoleculeSizeSampler:
+        """Atom counts from the training-set histogram (bins below 2 atoms removed: zero CoM needs 2)."""
+        if self.histogram is None:
+            self.train_dataset(self.options)
+        hist = self.histogram.clone()
+        hist[:2] = 0
+        return MoleculeSizeSampler(hist)
+
+    def sample_space(self, n: int, generator: torch.Generator | None = None) -> ProductSpace:
+        """Draw n molecule sizes from the histogram; binds the batch index for the network and the decoders."""
+        sizes = self.size_sampler().sample(n, generator)
+        batch = torch.repeat_interleave(torch.arange(n), sizes)
+        self.sample_batch = (batch, n)
+        return self._space(batch, n)
+
+    def bound_batch(self, n_nodes: int) -> tuple[Tensor, int]:
+        """The batch index bound by the last ``sample_space``; ValueError if none or its node count differs."""
+        if self.sample_batch is None or self.sample_batch[0].numel() != n_nodes:
+            have = None if self.sample_batch is None else self.sample_batch[0].numel()
+            raise ValueError(f"molecule state has {n_nodes} atoms but the bound sample batch has {have}: pass "
+                             "batch= to the network, or (samples, batch) to the domain")
+        return self.sample_batch
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        if self.histogram is None:
+            self.train_dataset(self.options)
+        return {"atom_count_histogram": self.histogram}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.histogram = tensors["atom_count_histogram"].to(torch.float64)
+
+    # ---------------------------------------------------------------------------------------- decoding, I/O
+    def decode(self, samples: Tensor | tuple[Tensor, Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Molecules (atomic numbers [n], positions [n, 3] Å) from a flat state tensor (batch index from the
+        last ``sample_space``) or a ``(state, batch)`` tuple; atom type = argmax of the one-hot part."""
+        if isinstance(samples, (tuple, list)):
+            x, batch = samples
+            n_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        else:
+            x = samples
+            batch, n_graphs = self.bound_batch(x.shape[0])
+        x, batch = x.detach().cpu().double(), batch.cpu()
+        if x.dim() != 2 or x.shape[1] != 3 + N_FEATURES:
+            raise ValueError(f"molecule samples have shape {tuple(x.shape)}, expected [n_atoms, {3 + N_FEATURES}]")
+        z = _Z_OF_TYPE[x[:, 3:3 + len(ELEMENTS)].argmax(1)]
+        order = torch.argsort(batch, stable=True)
+        counts = torch.bincount(batch, minlength=n_graphs).tolist()
+        return [(zz.numpy(), pp.numpy()) for zz, pp in
+                zip(torch.split(z[order], counts), torch.split(x[order, :3], counts))]
+
+    def write_samples(self, path: Path, samples: Tensor | tuple[Tensor, Tensor]) -> None:
+        """SDF at ``path`` (EDM bonds, unsanitized, so unstable molecules are kept) and XYZ frames next to it
+        (``path`` with suffix ``.xyz``; for the CLI's temporary ``.NAME.tmp.sdf`` it is ``NAME.xyz``).
+        Molecules with non-finite coordinates are skipped, with a warning."""
+        path = Path(path)
+        mols = self.decode(samples)
+        finite = [m for m in mols if np.isfinite(m[1]).all() and len(m[0]) > 0]
+        if len(finite) < len(mols):
+            log.warning("write_samples: skipped %d of %d molecules with non-finite coordinates",
+                        len(mols) - len(finite), len(mols))
+        write_sdf(path, finite)
+        name = path.stem
+        if name.startswith(".") and name.endswith(".tmp"):  # the CLI's temporary ``.NAME.tmp.sdf``: XYZ at NAME.xyz
+            name = name[1:-4]
+        xyz = path.with_name(name + ".xyz")
+        xyz.write_text("".join(xyz_block(z, p, f"sample {k}") for k, (z, p) in enumerate(finite)))
+
+    def plot_samples(self, path: Path, samples: Tensor | tuple[Tensor, Tensor], count: int = 6) -> None:
+        """Up to ``count`` molecules in 3-D: atoms coloured by element, EDM-rule bonds as lines."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        colours = {1: "lightgrey", 6: "black", 7: "blue", 8: "red", 9: "green"}
+        mols = [m for m in self.decode(samples) if np.isfinite(m[1]).all()][:count]
+        cols = max(1, min(3, len(mols)))
+        rows = max(1, -(-len(mols) // cols))
+        fig = plt.figure(figsize=(3.2 * cols, 3.2 * rows))
+        for k, (z, pos) in enumerate(mols):
+            ax = fig.add_subplot(rows, cols, k + 1, projection="3d")
+            orders = bond_order_matrix(z, pos)
+            for i, j in zip(*np.nonzero(np.triu(orders, 1))):
+                ax.plot(*pos[[i, j]].T, color="grey", linewidth=orders[i, j])
+            ax.scatter(*pos.T, c=[colours[int(a)] for a in z], s=[40 if a == 1 else 90 for a in z],
+                       edgecolors="k", depthshade=False)
+            ax.set_title(f"{len(z)} atoms", fontsize=9)
+            ax.set_axis_off()
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+
+    def evaluate(self, samples: Tensor | tuple[Tensor, Tensor]) -> dict[str, float]:
+        """EDM's metrics: atom/molecule stability, validity, uniqueness (+ RDKit DetermineBonds validity)."""
+        out = evaluate_molecules(self.decode(samples))
+        return {k: float(v) for k, v in out.items() if v is not None}
+
+
+__all__ = ["MoleculesDomain", "MoleculeSet", "MoleculeNet", "EDM_SCHEDULE", "SMALL_EGNN", "edm_config"]
