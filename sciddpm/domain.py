@@ -27,6 +27,8 @@ class Domain(ABC):
 
     #: Registry name, used by ``--domain`` and stored in exported configs.
     name: str = ""
+    #: The noise schedule used when a training config names none (``schedules.schedule_from_config`` form).
+    default_schedule: dict[str, Any] = {"type": "linear", "num_steps": 1000}
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.options = dict(options or {})

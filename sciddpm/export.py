@@ -140,7 +140,8 @@ def _load_checkpoint(path: Path) -> DiffusionModel:
     except Exception as exc:  # unpickling errors, EOF on truncation, missing keys
         raise ValueError(f"corrupt checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     domain, net = _build(cfg.domain, options, dom, cfg.backbone, net_state, path)
-    return DiffusionModel(domain, net, schedule_from_config(cfg.schedule), cfg.parameterization, asdict(cfg))
+    return DiffusionModel(domain, net, schedule_from_config(cfg.schedule or domain.default_schedule),
+                          cfg.parameterization, asdict(cfg))
 
 
 __all__ = ["export_model", "load", "save_variances", "EXPORT_FORMAT", "EXPORT_VERSION"]

@@ -52,7 +52,7 @@ class TrainConfig:
     domain: str = "tabular"
     data: dict = field(default_factory=dict)
     backbone: dict = field(default_factory=dict)
-    schedule: dict = field(default_factory=lambda: {"type": "linear", "num_steps": 1000})
+    schedule: dict = field(default_factory=dict)  # empty: the domain's ``default_schedule``
     parameterization: str = "eps"
     weighting: str = "simple"
     importance_sampling: bool = False
@@ -92,7 +92,8 @@ class TrainConfig:
             raise ValueError(f"config field 'ema_decay' must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("config fields 'lr' > 0, 'warmup_steps' >= 0 and 'grad_clip' >= 0 are required")
-        schedule_from_config(self.schedule)
+        if self.schedule:
+            schedule_from_config(self.schedule)
         return self
 
 
@@ -257,7 +258,7 @@ class DiffusionModule(L.LightningModule):
         if domain is None:  # rebuilt from a checkpoint: statistics come from on_load_checkpoint/load()
             raise ValueError("DiffusionModule needs a prepared domain; use sciddpm.training.load for checkpoints")
         self.domain = domain
-        self.schedule = schedule_from_config(self.cfg.schedule)
+        self.schedule = schedule_from_config(self.cfg.schedule or domain.default_schedule)
         self.net = domain.build_backbone(self.cfg.backbone)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
 

@@ -12,8 +12,8 @@ Options (``data:``): ``path`` (``qm9.npz`` or its folder; default the committed 
 ``split_seed`` (default 0). Backbone config: ``{}`` (a small CPU EGNN, 4 × 64), ``{"type": "egnn_paper"}``
 (EDM's 9 × 256), ``{"type": "egnn", **EGNNDynamics kwargs}`` or ``{"type": "e3nn", **E3NNDynamics kwargs}``.
 
-Schedule: the engine's TrainConfig default is linear; EDM's is ``EDM_SCHEDULE`` (polynomial_2, 1000 steps,
-precision 1e-5). Set it in the config (``schedule: {type: polynomial, ...}``) or use :func:`edm_config`.
+Schedule: the domain's ``default_schedule`` is EDM's ``EDM_SCHEDULE`` (polynomial_2, 1000 steps, precision 1e-5),
+used whenever a training config names no schedule.
 
 Samples and their molecule index: the engine's ``DiffusionModel.sample`` calls the network as ``net(x, t)`` and
 returns only the flat tensor. ``sample_space`` therefore binds the batch index of the space it returns to the
@@ -106,6 +106,7 @@ class MoleculeNet(nn.Module):
 class MoleculesDomain(Domain):
     name = "molecules"
     sample_suffix = ".sdf"
+    default_schedule = EDM_SCHEDULE
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
