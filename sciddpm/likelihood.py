@@ -206,7 +206,6 @@ def ode_log_likelihood(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0:
     if trace not in ("exact", "hutchinson") or probe not in ("rademacher", "gaussian"):
         raise ValueError(f"unknown trace/probe {trace!r}/{probe!r}")
     shape, b, dof = x0.shape, space.batch_size, space.dof
-    n_el = int(np.prod(shape))
     if probe == "gaussian":
         z = space.noise(generator=generator, dtype=torch.float64)
     else:
@@ -220,7 +219,7 @@ def ode_log_likelihood(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0:
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             eps, _ = eps_of_y(y, vs)
-            eps = space.project(eps)
+            eps = space.project_tangent(eps)
             if trace == "hutchinson":
                 (vjp,) = torch.autograd.grad(eps, y, z)
                 return eps.detach(), space.sum_per_sample(vjp * z)
@@ -230,21 +229,28 @@ def ode_log_likelihood(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0:
                 div = div + space.sum_per_sample(vjp * space.project(e))
             return eps.detach(), div
 
+    valid = space.valid_mask()  # only real entries enter the solver (padding would change its error norm)
+    n_el = int(valid.sum())
+
+    def unpack(flat: np.ndarray) -> Tensor:
+        out = torch.zeros(shape, dtype=torch.float64)
+        out[valid] = torch.from_numpy(flat)
+        return out
+
     def rhs(vs: float, state: np.ndarray) -> np.ndarray:
-        y = torch.from_numpy(state[:n_el]).reshape(shape)
-        eps, div = divergence(y, vs)
-        return np.concatenate([eps.numpy().reshape(-1), div.numpy()])
+        eps, div = divergence(unpack(state[:n_el]), vs)
+        return np.concatenate([eps[valid].numpy(), div.numpy()])
 
     t_lo, t_hi = schedule.t_min, schedule.t_max
     vs_lo = float(scaled_noise_level(schedule, torch.tensor(t_lo, dtype=torch.float64)))
     vs_hi = float(scaled_noise_level(schedule, torch.tensor(t_hi, dtype=torch.float64)))
     a_lo = schedule.alpha(torch.tensor(t_lo, dtype=torch.float64))
     y0 = space.project(x0.to(torch.float64)) / a_lo
-    state0 = np.concatenate([y0.numpy().reshape(-1), np.zeros(b)])
+    state0 = np.concatenate([y0[valid].numpy(), np.zeros(b)])
     sol = solve_ivp(rhs, (vs_lo, vs_hi), state0, method="RK45", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"RK45 failed: {sol.message}")
-    y_t = torch.from_numpy(sol.y[:n_el, -1]).reshape(shape)
+    y_t = unpack(sol.y[:n_el, -1])
     integral = torch.from_numpy(sol.y[n_el:, -1])
     prior_var_y = schedule.prior_std**2 / float(schedule.alpha_sq(torch.tensor(t_hi, dtype=torch.float64)))
     log_prior = -0.5 * (space.sum_per_sample(y_t * y_t) / prior_var_y + dof * math.log(2 * math.pi * prior_var_y))

@@ -331,27 +331,34 @@ def probability_flow_rk45(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, 
     The ODE dx/dt = f x − ½ g² s is solved in EDM's variables y = x/α, ς = σ/α, where it reads
     dy/dς = ε̂(α y, t(ς)) (Karras et al. 2022, eq. 4 with s(t) = α): smooth down to ς = 0 for every schedule,
     whereas the t-form has a 1/σ singularity at a discrete schedule's data end. Only the grid's end points are
-    used (the solver picks its own steps); NFE is the solver's count of evaluations.
+    used (the solver picks its own steps); NFE is the solver's count of evaluations. Only non-padding entries
+    are integrated, and ε is projected as a velocity (``Space.project_tangent``: not wrapped on the torus).
     """
     from scipy.integrate import solve_ivp
 
     x = _prepare(schedule, space, x, grid)
     counted = _CountedEps(eps_fn, space)
-    shape, dtype, device = x.shape, x.dtype, x.device
+    dtype, device = x.dtype, x.device
+    valid = space.valid_mask()  # integrate only real entries: padding must not enter the solver's error norm
+
+    def unpack(flat: np.ndarray) -> Tensor:
+        out = torch.zeros(space.shape, dtype=dtype, device=device)
+        out[valid] = torch.from_numpy(flat).to(device=device, dtype=dtype)
+        return out
 
     def rhs(vs: float, y: np.ndarray) -> np.ndarray:
         t = noise_to_time(schedule, torch.tensor(vs))
-        yt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
+        yt = unpack(y)
         with torch.no_grad():
             eps = counted(space.project(yt * _coef(schedule.alpha(t), yt)), t)
-        return space.project(eps).detach().to("cpu", torch.float64).numpy().reshape(-1)
+        return space.project_tangent(eps)[valid].detach().to("cpu", torch.float64).numpy()
 
     vs_start, vs_end = scaled_noise_level(schedule, grid[0]), scaled_noise_level(schedule, grid[-1])
-    y0 = (x / _coef(schedule.alpha(grid[0]), x)).detach().to("cpu", torch.float64).numpy().reshape(-1)
+    y0 = (x / _coef(schedule.alpha(grid[0]), x))[valid].detach().to("cpu", torch.float64).numpy()
     sol = solve_ivp(rhs, (float(vs_start), float(vs_end)), y0, method="RK45", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"RK45 failed: {sol.message}")
-    y_end = torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype)
+    y_end = unpack(sol.y[:, -1])
     return SamplerOutput(space.project(y_end * _coef(schedule.alpha(grid[-1]), y_end)), counted.calls)
 
 

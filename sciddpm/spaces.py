@@ -57,6 +57,15 @@ class Space(ABC):
     def element_owner(self) -> Tensor:
         """For every element of a state, the index of the sample it belongs to (−1 on padding); long, state shape."""
 
+    def project_tangent(self, v: Tensor) -> Tensor:
+        """Project a velocity (an ε or a score, not a state) onto the space's tangent directions. Equal to
+        ``project`` for linear constraints; the torus overrides it (velocities are not wrapped)."""
+        return self.project(v)
+
+    def valid_mask(self) -> Tensor:
+        """Bool mask of the elements that are not padding (state shape)."""
+        return self.element_owner() >= 0
+
     def check(self, x: Tensor, name: str = "state") -> Tensor:
         """Raise ValueError if x's shape does not match the space; return x."""
         if tuple(x.shape) != tuple(self.shape):
@@ -299,6 +308,9 @@ class TorusSpace(_Constrained):
     def project(self, x: Tensor) -> Tensor:
         return self.base.project(wrap_angle(x))
 
+    def project_tangent(self, v: Tensor) -> Tensor:
+        return self.base.project(v)
+
     @property
     def dof(self) -> Tensor:
         return self.base.dof
@@ -332,6 +344,9 @@ class ProductSpace(Space):
 
     def project(self, x: Tensor) -> Tensor:
         return torch.cat([p.project(xi) for p, xi in zip(self.parts, self.split(x))], dim=-1)
+
+    def project_tangent(self, v: Tensor) -> Tensor:
+        return torch.cat([p.project_tangent(vi) for p, vi in zip(self.parts, self.split(v))], dim=-1)
 
     def broadcast(self, per_sample: Tensor) -> Tensor:
         return self.parts[0].broadcast(per_sample)
