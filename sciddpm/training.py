@@ -73,6 +73,10 @@ class TrainConfig:
     num_workers: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
+    validate_every: int = 0  # sample + domain metrics every N steps (0: off)
+    validate_sampler: str = "ddpm"
+    validate_steps: int = 50
+    validate_n: int = 64
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -80,7 +84,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Range checks that types cannot express; ValueError naming the field."""
-        for name in ("batch_size", "max_steps", "noise_shards", "checkpoint_every", "log_every", "devices", "num_nodes"):
+        for name in ("batch_size", "max_steps", "noise_shards", "checkpoint_every", "log_every", "devices", "num_nodes",
+                     "validate_steps", "validate_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
         checks = {"parameterization": PARAMETERIZATIONS, "weighting": WEIGHTINGS, "precision": ("32", "bf16"),
@@ -88,6 +93,9 @@ class TrainConfig:
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config field {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.validate_every < 0:
+            raise ValueError(f"config field 'validate_every' must be >= 0, got {self.validate_every}")
+        get_sampler(self.validate_sampler)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"config field 'ema_decay' must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
@@ -333,6 +341,27 @@ class DiffusionModule(L.LightningModule):
         return DiffusionModel(self.domain, self.ema, self.schedule, self.cfg.parameterization, asdict(self.cfg))
 
 
+class SampleValidation(Callback):
+    """Every ``validate_every`` steps, on rank 0: sample ``validate_n`` states with the EMA model (``validate_sampler``
+    at ``validate_steps`` steps) and log the domain's own metrics as ``val/<metric>`` in the CSV log."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step, cfg = trainer.global_step, self.cfg
+        if cfg.validate_every <= 0 or step == 0 or step % cfg.validate_every or not trainer.is_global_zero:
+            return
+        out = pl_module.ema_model().sample(cfg.validate_n, sampler=cfg.validate_sampler, steps=cfg.validate_steps,
+                                           seed=cfg.seed)
+        metrics = pl_module.domain.evaluate(out.sample)
+        numeric = {f"val/{k}": float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+        if numeric and trainer.logger is not None:
+            trainer.logger.log_metrics(numeric, step=step)
+
+
 class DomainDataModule(L.LightningDataModule):
     """The domain's training set behind a DataLoader (the domain's collate; seeded shuffling)."""
 
@@ -428,7 +457,7 @@ def fit(cfg: TrainConfig, output: Path, resume: Path | None = None, progress: bo
         (output / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     ckpt = ModelCheckpoint(dirpath=output / "checkpoints", filename="{step}", every_n_train_steps=cfg.checkpoint_every,
                            save_top_k=-1, save_last=False, auto_insert_metric_name=True)
-    callbacks = [ckpt] + list(callbacks or [])
+    callbacks = [ckpt, SampleValidation(cfg)] + list(callbacks or [])
     if os.environ.get("SCIDDPM_RESUME_AUDIT"):
         callbacks.append(ResumeAudit(Path(os.environ["SCIDDPM_RESUME_AUDIT"])))
     if not progress:

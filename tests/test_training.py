@@ -151,3 +151,19 @@ def test_ddp_two_processes_match_doubled_batch(tmp_path):
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6)
     assert any((v != a["state_dict"][k.replace("net.", "ema.")]).any() for k, v in a["state_dict"].items()
                if k.startswith("net."))
+
+
+def test_validation_logs_domain_metrics(tmp_path):
+    """With validate_every, the EMA model is sampled during training and the domain's metrics land in the CSV log."""
+    import csv
+
+    cfg = TrainConfig(max_steps=6, checkpoint_every=6, batch_size=16, backbone={"hidden": 16}, log_every=1,
+                      validate_every=3, validate_steps=5, validate_n=16)
+    fit(cfg, tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    logged = [r for r in rows if r.get("val/sliced_w2_heldout")]
+    assert [int(r["step"]) for r in logged] == [3, 6]
+    assert all(float(r["val/sliced_w2_heldout"]) > 0 for r in logged)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        config_from_dict({"validate_sampler": "nope"}, "test")
