@@ -110,7 +110,7 @@ def test_misspelt_domain_console_exit_code(tmp_path):
 def test_demo_trains_samples_and_writes_files(tmp_path, capsys):
     """`sciddpm demo` (short): trains the default domain, writes samples/PNGs/metrics, then the oracle demo,
     whose PF-ODE log-likelihood must equal the exact one within 1%."""
-    assert main(["demo", "--output", str(tmp_path), "--max-steps", "8", "--n", "200"]) == 0
+    assert main(["demo", "--domain", "tabular", "--output", str(tmp_path), "--max-steps", "8", "--n", "200"]) == 0
     run = tmp_path / "tabular"
     for name in ("samples.csv", "samples.png", "loss.png", "metrics.json", "export/model.safetensors"):
         assert (run / name).is_file(), name
@@ -144,3 +144,17 @@ def test_estimate_variance_then_analytic_sampling(run, tmp_path, capsys):
     assert main(["sample", str(export), "--n", "8", "--steps", "5", "--variance", "analytic",
                  "--output", str(tmp_path / "a.csv")]) == 0
     assert len((tmp_path / "a.csv").read_text().splitlines()) == 9
+
+
+def test_default_demo_is_molecules(tmp_path, capsys):
+    """The default demo domain is molecules: a tiny run writes SDF/XYZ, the PNG and EDM's metrics."""
+    assert main(["demo", "--domain", "molecules", "--output", str(tmp_path), "--max-steps", "2", "--n-samples", "3",
+                 "--n", "50"]) == 0
+    from sciddpm.cli import DEMO_DOMAIN
+
+    assert DEMO_DOMAIN == "molecules"
+    run = tmp_path / "molecules"
+    for name in ("samples.sdf", "samples.xyz", "samples.png", "metrics.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert {"atom_stability", "mol_stability", "validity", "uniqueness"} <= set(metrics)
