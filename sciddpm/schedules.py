@@ -129,9 +129,9 @@ class NoiseSchedule(ABC):
         if (t < lo - tol).any() or (t > hi + tol).any():
             raise ValueError(f"time out of range: expected t in [{lo}, {hi}], got [{t.min().item()}, {t.max().item()}]")
 
+    @abstractmethod
     def config(self) -> dict:
         """A JSON-serialisable description from which ``schedule_from_config`` rebuilds this schedule."""
-        raise NotImplementedError
 
 
 # ==================================================================================================
@@ -228,7 +228,7 @@ class DiscreteSchedule(NoiseSchedule):
         return -2.0 * self.drift_coef(t)
 
     def config(self) -> dict:
-        raise NotImplementedError("use a named discrete schedule (linear, cosine, polynomial)")
+        return {"type": "discrete", "betas": self.betas.tolist(), "name": self.name}
 
 
 class LinearSchedule(DiscreteSchedule):
@@ -403,6 +403,7 @@ class VESchedule(NoiseSchedule):
 
 
 _SCHEDULES = {
+    "discrete": DiscreteSchedule,
     "linear": LinearSchedule,
     "cosine": CosineSchedule,
     "polynomial": PolynomialSchedule,

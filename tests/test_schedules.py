@@ -106,10 +106,13 @@ def test_cosine_and_polynomial_values():
 
 
 def test_config_roundtrip(schedule):
-    """schedule_from_config(s.config()) rebuilds the same coefficients."""
+    """schedule_from_config(s.config()) rebuilds the same coefficients (also for a custom β table)."""
     s2 = schedule_from_config(schedule.config())
     t = _interior_times(schedule)
     torch.testing.assert_close(s2.log_snr(t), schedule.log_snr(t))
+    custom = DiscreteSchedule.from_alphas_cumprod([0.9, 0.5, 0.1])
+    back = schedule_from_config(custom.config())
+    torch.testing.assert_close(back.alphas_cumprod, custom.alphas_cumprod)
 
 
 def test_bad_input():
