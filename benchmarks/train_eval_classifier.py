@@ -1,6 +1,6 @@
 """Train the Fashion-MNIST evaluation classifier used by the FD-classifier metric (seeded, CPU).
 
-Writes ``benchmarks/results/fashion_eval_classifier.safetensors`` (+ ``.config.json``) and the results
+Writes ``benchmarks/weights/fashion_eval_classifier.safetensors`` (+ ``.config.json``) and the results
 table ``fashion_eval_classifier.{json,md}``: per-epoch train loss and test accuracy, then FD-classifier
 reference values (real train vs real test; test vs test + Gaussian pixel noise) to show the metric's scale.
 
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "fashion_eval_classifier.safetensors")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR.parent / "weights" / "fashion_eval_classifier.safetensors")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .data import to_model_range
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "fashion_eval_classifier.safetensors"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "benchmarks" / "weights" / "fashion_eval_classifier.safetensors"
 
 
 class EvalClassifier(nn.Module):
