@@ -9,14 +9,18 @@ Run: python benchmarks/train_eval_classifier.py [--data ../shared/data/fashion_m
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks._report import RESULTS_DIR, write_results
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python benchmarks/train_eval_classifier.py`
+    sys.path.insert(0, str(REPO))
+
+from benchmarks._report import RESULTS_DIR, write_results  # noqa: E402
 from sciddpm.domains.images.data import load_fashion_mnist, to_model_range
 from sciddpm.domains.images.metrics import (EvalClassifier, classifier_accuracy, classifier_features,
                                             fd_from_features, save_eval_classifier)
