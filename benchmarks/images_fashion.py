@@ -1,16 +1,21 @@
-"""Fashion-MNIST through the engine: train a small unconditional UNet for a fixed wall budget, then
+"""Fashion-MNIST through the engine: train an unconditional UNet for a wall budget, then
 
 * ``images_fashion``: FD-classifier (in-project classifier features, NOT FID) of samples vs test images for DDPM
-  (β̃), DDIM, DPM-Solver++(2M) at 10/50/1000 steps and Analytic-DPM (ddpm, ``variance="analytic"``) at 10/50;
-* ``analytic_dpm``: test-set NLL in bits/dim (discrete ELBO, Ho et al.'s discretised decoder, uniform grids)
-  at K = 10, 25, 50, 100 for β̃, β and Analytic-DPM (Bao et al. 2022, Table 1 style).
+  (β̃), DDIM, DPM-Solver++(2M), Analytic-DPM (DDPM and DDIM forms) and SN-DDIM at K = 10, 25, 50, and DDPM / DDIM /
+  DPM-Solver++ at K = 1000;
+* ``analytic_dpm``: test-set NLL in bits/dim (discrete ELBO, Ho et al.'s discretised decoder, uniform grids) at
+  K = 10, 25, 50, 100, 200, 1000 for DDPM-β̃, DDPM-β, Analytic-DPM, NPR-DPM and SN-DPM (Bao et al. 2022a, b), with
+  the FD-classifier of the matching sampler at K ≤ 50 and the speed-up figure (the smallest K at which
+  Analytic-DPM's NLL is at most DDPM-β's at K = 1000).
 
-Evaluation runs inside a wall budget (``--eval-minutes``): rows are run cheapest-first and a row whose
-predicted cost (measured seconds per network call × calls) does not fit is written as "not run (budget)".
-The trained export goes under ``runs/`` (git-ignored), never into the repository.
+NPR-DPM / SN-DPM: a second training stage (``--head-minutes`` each) fits a covariance head on the frozen mean
+network (``domains/images/covariance_head.py``); its diagonal covariance (Bao et al. 2022b, Thm. 1, clipped to its
+bounds) is used by the ELBO and by SN-DDIM. Evaluation runs inside a wall budget (``--eval-minutes``): rows are run
+cheapest first, and a row whose predicted cost does not fit is written as "not run (budget)".
 
-    python benchmarks/images_fashion.py                # 12 min training on ../shared/data/fashion_mnist
-    python benchmarks/images_fashion.py --minutes 1 --eval-minutes 2 --n-samples 100   # smoke run
+    python benchmarks/images_fashion.py --device cuda                 # GPU: ADM-sized UNet, 3 min + 1 min heads
+    python benchmarks/images_fashion.py --device cpu --minutes 12     # CPU: small UNet (tiny budget)
+    python benchmarks/images_fashion.py --smoke --results-dir /tmp/x  # a few steps of every path (a check)
 """
 from __future__ import annotations
 
@@ -25,24 +30,33 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_results  # noqa: E402
+from benchmarks._report import RESULTS_DIR, write_results  # noqa: E402
 from sciddpm.domains.images.adapter import SMALL_UNET  # noqa: E402
+from sciddpm.domains.images.covariance_head import train_image_covariance_head  # noqa: E402
 from sciddpm.domains.images.data import load_fashion_mnist, to_model_range  # noqa: E402
 from sciddpm.domains.images.metrics import classifier_features, fd_from_features, load_eval_classifier  # noqa: E402
 from sciddpm.export import load  # noqa: E402
 from sciddpm.likelihood import elbo  # noqa: E402
 from sciddpm.objectives import eps_predictor  # noqa: E402
-from sciddpm.samplers import time_grid  # noqa: E402
+from sciddpm.samplers import ddim, prior_sample, time_grid  # noqa: E402
 from sciddpm.spaces import DenseSpace  # noqa: E402
 from sciddpm.training import config_from_dict, fit  # noqa: E402
-from sciddpm.variances import GammaTable, variance_table  # noqa: E402
+from sciddpm.variances import GAMMA_GAP_FLOOR, GammaTable, diagonal_variance_fn, variance_table  # noqa: E402
 
-PAPER_ANCHOR = "CIFAR10 (linear schedule), K = 10: β̃ 74.95, β 6.99, Analytic-DPM 5.47 bits/dim (Bao et al. 2022, Table 1)"
+PAPER_ANCHOR = ("CIFAR10 (linear schedule), K = 10: β̃ 74.95, β 6.99, Analytic-DPM 5.47, NPR-DPM 5.40 bits/dim "
+                "(Bao et al. 2022a Table 1; 2022b Table 1)")
+GPU_UNET = {"model_channels": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [14],
+            "dropout": 0.1, "norm_groups": 32}
+TINY_UNET = {"model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
+             "dropout": 0.0, "norm_groups": 4}
+DATA_RANGE = (-1.0, 1.0)
+FD_K, FD_LONG, NLL_K = (10, 25, 50), 1000, (10, 25, 50, 100, 200, 1000)
+FD_METHODS = ("ddpm", "ddim", "dpm_solver_pp_2m", "analytic_ddpm", "analytic_ddim", "sn_ddim")
 
 
 class CachedEps:
-    """ε̂ memoised on (t, x_t): the ELBOs of β̃, β and Analytic-DPM with one seed draw identical x_t, so the
-    three variance choices share every network call."""
+    """ε̂ memoised on (t, x_t): the ELBOs of β̃, β and the optimal variances with one seed draw identical x_t, so the
+    variance choices share every network call of the mean network."""
 
     def __init__(self, eps) -> None:
         self.eps, self.cache, self.calls = eps, {}, 0
@@ -58,193 +72,219 @@ class CachedEps:
         return out
 
 
+def draw(model, method: str, k: int, n: int, seed: int, heads: dict, gamma: GammaTable) -> tuple[torch.Tensor, int]:
+    """n samples of ``method`` at K steps (x_T drawn on the CPU; step noise on the model's device)."""
+    if method in ("ddpm", "ddim", "dpm_solver_pp_2m", "analytic_ddpm"):
+        variance = "analytic" if method == "analytic_ddpm" else "beta_tilde"
+        out = model.sample(n, sampler="ddpm" if method == "analytic_ddpm" else method, steps=k, seed=seed,
+                           variance=variance)
+        return out.sample, out.nfe
+    device, schedule = model.device, model.schedule
+    gen = torch.Generator().manual_seed(seed)
+    space = model.domain.sample_space(n, gen)
+    x_t = prior_sample(schedule, space, gen, torch.float32).to(device)
+    space = space.to(device)
+    grid = time_grid(schedule, k)
+    if method == "analytic_ddim":  # Analytic-DDIM: η = 0 mean, optimal variance c²(1 − Γ) (Bao et al. 2022a)
+        var = variance_table(schedule, grid, gamma, eta=0.0, data_range=DATA_RANGE,
+                             last_step_resolution=model.domain.resolution)
+    elif method == "sn_ddim":
+        var = diagonal_variance_fn(schedule, heads["sn"], kind="sn", eta=0.0, data_range=DATA_RANGE)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    # SN-DDIM: ε̂ through the head's mean_model, so that ε̂ and the head share one trunk forward per step
+    net = heads["sn"].mean_model if method == "sn_ddim" else model.net
+    eps = eps_predictor(net, schedule, space, model.parameterization)
+    with torch.no_grad():
+        out = ddim(eps, schedule, space, x_t, grid, eta=0.0, variance=var,
+                   generator=torch.Generator(device=device).manual_seed(seed))
+    return out.sample, out.nfe
+
+
+def train(args: argparse.Namespace, device: torch.device, backbone: dict, out: Path) -> tuple[int, float]:
+    cfg = config_from_dict({"domain": "images", "data": {"path": args.data}, "backbone": backbone,
+                            "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 100 if not args.smoke else 2,
+                            "lr_schedule": "constant", "max_steps": 8 if args.smoke else 10**7,
+                            "max_time": None if args.smoke else str(args.minutes * 60), "ema_decay": args.ema,
+                            "checkpoint_every": 10**6, "log_every": 50, "seed": 0, "num_workers": 0,
+                            "precision": "bf16" if device.type == "cuda" else "32",
+                            "accelerator": "gpu" if device.type == "cuda" else "cpu"})
+    t0 = time.perf_counter()
+    module = fit(cfg, out, progress=False)
+    return int(module.global_step), time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fashion_mnist"))
-    ap.add_argument("--minutes", type=float, default=12.0, help="training wall budget")
-    ap.add_argument("--eval-minutes", type=float, default=14.0, help="sampling + NLL wall budget")
-    ap.add_argument("--n-samples", type=int, default=500)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--minutes", type=float, default=3.0, help="training wall budget of the mean network")
+    ap.add_argument("--head-minutes", type=float, default=0.75, help="training budget of each covariance head")
+    ap.add_argument("--eval-minutes", type=float, default=3.0, help="sampling + NLL wall budget")
+    ap.add_argument("--n-samples", type=int, default=1000)
     ap.add_argument("--n-reference", type=int, default=2000)
-    ap.add_argument("--nll-images", type=int, default=200)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--backbone", default=json.dumps({**SMALL_UNET, "model_channels": 16}))
+    ap.add_argument("--nll-images", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--backbone", default=None, help="UNet config JSON (default: ADM-sized on CUDA, small on CPU)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=str(ROOT / "runs" / "images_fashion"))
-    ap.add_argument("--skip-train", action="store_true", help="reuse the export in --output")
-    ap.add_argument("--only", default=None,
-                    help="with --skip-train: rerun only these rows (e.g. 'analytic:50,ddim:1000') and merge them into "
-                         "the existing results (the NLL table only gets their fd_classifier)")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--smoke", action="store_true", help="tiny UNet, committed subset, a few steps of every path")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    backbone = json.loads(args.backbone) if args.backbone else (GPU_UNET if device.type == "cuda" else
+                                                                 {**SMALL_UNET, "model_channels": 16})
+    if args.smoke:
+        backbone, args.data = TINY_UNET, str(ROOT / "tests" / "data" / "fashion_mnist_subset")
+        args.n_samples, args.n_reference, args.nll_images, args.batch_size = 20, 50, 8, 16
     out = Path(args.output)
-
-    cfg = config_from_dict({"domain": "images", "data": {"path": args.data, "n_reference": args.n_reference},
-                            "backbone": json.loads(args.backbone), "batch_size": args.batch_size, "lr": 2e-3,
-                            "warmup_steps": 20, "lr_schedule": "constant", "max_steps": 10**7,
-                            "max_time": str(args.minutes * 60), "ema_decay": 0.995, "checkpoint_every": 500,
-                            "log_every": 10, "seed": 0, "accelerator": "cpu"})
-    t0 = time.perf_counter()
-    if not args.skip_train:
-        module = fit(cfg, out, progress=False)
-        steps = int(module.global_step)
-        train_s = time.perf_counter() - t0
-        (out / "train_info.json").write_text(json.dumps({"steps": steps, "train_seconds": train_s}) + "\n")
-    else:
-        info = json.loads((out / "train_info.json").read_text())
-        steps, train_s = int(info["steps"]), float(info["train_seconds"])
-    model = load(out / "export")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    steps, train_s = train(args, device, backbone, out)
+    model = load(out / "export").to(device)
     n_params = sum(p.numel() for p in model.net.parameters())
-    print(f"[images] trained {steps} steps in {train_s:.0f} s ({n_params} parameters)", flush=True)
+    print(f"[images] trained {steps} steps in {train_s:.0f} s ({n_params} parameters) on {device}", flush=True)
 
     eval_start, budget = time.perf_counter(), args.eval_minutes * 60
-    clf = load_eval_classifier()
-    test_u8, _ = load_fashion_mnist(args.data, "test")
-    ref_feats = classifier_features(to_model_range(test_u8[: args.n_reference]), clf)
-
-    if args.only:
-        return rerun_rows(args, model, clf, ref_feats)
     t = time.perf_counter()
-    gamma = model.estimate_gamma(batches=2, batch_size=64, num_times=40, seed=0)
+    gamma = model.estimate_gamma(batches=4 if not args.smoke else 1, batch_size=128 if not args.smoke else 8,
+                                 num_times=100 if not args.smoke else 10, seed=0)
     model.variances = gamma.state_dict()
     gamma_s = time.perf_counter() - t
-    sec_per_nfe = None  # seconds per network call at batch n_samples, from the latest sampling row
+    train_u8, _ = load_fashion_mnist(args.data, "train")
+    x_train = to_model_range(train_u8).to(device)
+    heads, head_info = {}, {}
+    for kind in ("npr", "sn"):
+        t = time.perf_counter()
+        heads[kind] = train_image_covariance_head(model.net, model.schedule, x_train, kind=kind,
+                                                  steps=4 if args.smoke else 10**7,
+                                                  max_seconds=None if args.smoke else args.head_minutes * 60,
+                                                  batch_size=args.batch_size, lr=1e-3, device=device, seed=0)
+        head_info[f"{kind}_steps"] = len(heads[kind].loss_history)
+        head_info[f"{kind}_seconds"] = round(time.perf_counter() - t, 1)
+    del x_train
 
-    plan = [("ddpm", 10), ("ddim", 10), ("dpm_solver_pp_2m", 10), ("analytic", 10),
-            ("ddpm", 50), ("ddim", 50), ("dpm_solver_pp_2m", 50), ("analytic", 50), ("ddpm", 1000), ("ddim", 1000)]
-    rows, grids = [], {}
-    nll_cost_nfe = sum((10, 25, 50, 100)) * args.nll_images / args.n_samples  # in batch-n_samples units
-    for name, steps_k in plan:
+    clf = load_eval_classifier(device=device)
+    test_u8, _ = load_fashion_mnist(args.data, "test")
+    ref_feats = classifier_features(to_model_range(test_u8[: args.n_reference]), clf)
+    sec_per_nfe, rows, fd_of = None, [], {}
+    plan = [(m, k) for k in FD_K for m in FD_METHODS] + [(m, FD_LONG) for m in ("ddpm", "ddim", "dpm_solver_pp_2m")]
+    nll_cost = sum(NLL_K) * 3 * args.nll_images / args.n_samples  # network calls in batch-n_samples units
+    for method, k in plan:
         left = budget - (time.perf_counter() - eval_start)
-        reserve = 0.0 if steps_k == 1000 else (sec_per_nfe or 0.0) * nll_cost_nfe * 0.7  # keep room for the NLL
-        if sec_per_nfe is not None and sec_per_nfe * steps_k > left - reserve:
-            rows.append({"sampler": "analytic_dpm (ddpm)" if name == "analytic" else name, "steps": steps_k,
-                         "nfe": None, "fd_classifier": "not run (budget)",
+        reserve = (sec_per_nfe or 0.0) * nll_cost  # the NLL table (issue #4's) comes first: keep room for it
+        if sec_per_nfe is not None and sec_per_nfe * k * (2 if method == "sn_ddim" else 1) > left - reserve:
+            rows.append({"sampler": method, "steps": k, "nfe": None, "fd_classifier": "not run (budget)",
                          "n_samples": None, "seconds": None})
             continue
-        sampler, variance = ("ddpm", "analytic") if name == "analytic" else (name, "beta_tilde")
         t = time.perf_counter()
-        res = model.sample(args.n_samples, sampler=sampler, steps=steps_k, seed=1, variance=variance)
+        x, nfe = draw(model, method, k if not args.smoke else min(k, 6), args.n_samples, 1, heads, gamma)
         sec = time.perf_counter() - t
-        sec_per_nfe = sec / max(1, res.nfe)  # the latest measurement: the shared CPU's load drifts
-        x = res.sample.clamp(-1, 1)
-        grids[(name, steps_k)] = x
-        fd = fd_from_features(classifier_features(x, clf), ref_feats)
-        label = "analytic_dpm (ddpm)" if name == "analytic" else name
-        rows.append({"sampler": label, "steps": steps_k, "nfe": res.nfe, "fd_classifier": fd,
-                     "n_samples": args.n_samples, "seconds": round(sec, 1)})
+        sec_per_nfe = sec / max(1, nfe) / (2 if method == "sn_ddim" else 1)
+        fd = fd_from_features(classifier_features(x.clamp(-1, 1), clf), ref_feats)
+        fd_of[(method, k)] = fd
+        rows.append({"sampler": method, "steps": k, "nfe": nfe, "fd_classifier": fd, "n_samples": args.n_samples,
+                     "seconds": round(sec, 1)})
         print(rows[-1], flush=True)
-    best = grids.get(("ddpm", 50), grids.get(("ddpm", 10)))
-    if best is not None:
-        model.domain.plot_samples(ROOT / "benchmarks" / "results" / "images_fashion_samples.png", best)
+        if (method, k) == ("ddpm", 50):
+            model.domain.plot_samples(args.results_dir / "images_fashion_samples.png", x)
 
-    # ---- NLL (discrete ELBO, discretised decoder) for β̃, β, Analytic-DPM -----------------------------------
-    x0 = to_model_range(test_u8[: args.nll_images]).double()
-    space = DenseSpace(x0.shape)
+    # ---- NLL (discrete ELBO, discretised decoder) -----------------------------------------------------------
+    x0 = to_model_range(test_u8[: args.nll_images]).double().to(device)
+    space = DenseSpace(x0.shape, device=device)
     eps = CachedEps(eps_predictor(model.net, model.schedule, space, model.parameterization))
-    fd_of = {(r["sampler"], r["steps"]): r["fd_classifier"] for r in rows if isinstance(r["fd_classifier"], float)}
     nll_rows = []
-    table = GammaTable.from_state_dict(model.variances)
-
-    def nll_table(grid: torch.Tensor) -> torch.Tensor:
-        # no last-step resolution cap here: Bao et al. clip σ₁ for sampling only, it would distort the likelihood
-        return variance_table(model.schedule, grid, table, data_range=model.domain.data_range)
-
-    for k in (10, 25, 50, 100):
-        grid = time_grid(model.schedule, k, "uniform")
-        left = budget - (time.perf_counter() - eval_start)
-        need = (sec_per_nfe or 0.0) * k * args.nll_images / args.n_samples
+    fd_key = {"beta_tilde": "ddpm", "analytic_dpm": "analytic_ddpm"}
+    for k in NLL_K:
+        grid = time_grid(model.schedule, k if not args.smoke else min(k, 6), "uniform")
         eps.cache.clear()
-        for method, variance in (("beta_tilde", "beta_tilde"), ("beta", "beta"),
-                                 ("analytic_dpm", nll_table(grid))):
-            if need > left and method == "beta_tilde":
-                nll_rows += [{"method": m, "K": k, "nll_bpd": "not run (budget)", "fd_classifier": None}
-                             for m in ("beta_tilde", "beta", "analytic_dpm")]
-                break
+        left = budget - (time.perf_counter() - eval_start)
+        need = (sec_per_nfe or 0.0) * k * 3 * args.nll_images / args.n_samples
+        methods = {"beta_tilde": "beta_tilde", "beta": "beta",
+                   # no last-step cap: Bao et al. clip σ₁ for sampling only; it would distort the likelihood
+                   "analytic_dpm": variance_table(model.schedule, grid, gamma, data_range=DATA_RANGE),
+                   # the error floor keeps the decoder step's variance > 0 where SN's E[ε²|x] − ε̂² clips to 0
+                   "npr_dpm": diagonal_variance_fn(model.schedule, heads["npr"], kind="npr", data_range=DATA_RANGE,
+                                                   error_floor=GAMMA_GAP_FLOOR),
+                   "sn_dpm": diagonal_variance_fn(model.schedule, heads["sn"], kind="sn", data_range=DATA_RANGE,
+                                                  error_floor=GAMMA_GAP_FLOOR)}
+        for method, variance in methods.items():
+            if need > left:
+                nll_rows.append({"method": method, "K": k, "nll_bpd": "not run (budget)", "fd_classifier": None})
+                continue
             with torch.no_grad():
                 res = elbo(eps, model.schedule, space, x0, grid, variance=variance, decoder="discretized",
-                           generator=torch.Generator().manual_seed(7))
-            fd_key = {"beta_tilde": ("ddpm", k), "analytic_dpm": ("analytic_dpm (ddpm)", k)}.get(method)
+                           generator=torch.Generator(device=device).manual_seed(7))
             nll_rows.append({"method": method, "K": k, "nll_bpd": float(res.bits_per_dim.mean()),
-                             "fd_classifier": fd_of.get(fd_key) if fd_key else None})
+                             "fd_classifier": fd_of.get((fd_key.get(method), k))})
             print(nll_rows[-1], flush=True)
     eval_s = time.perf_counter() - eval_start
+    speedup = speed_up(nll_rows)
+    write_tables(args, device, rows, nll_rows, speedup, backbone, steps, train_s, n_params, gamma_s, head_info,
+                 sec_per_nfe, eval_s, eps.calls)
 
-    budget_note = (f"Training: unconditional UNet ({n_params:,} parameters, backbone `{args.backbone}`), linear "
-                   f"schedule N = 1000, ε-prediction, batch {args.batch_size}, AdamW lr 2e-3 constant after 20 warm-up "
-                   f"steps, EMA 0.995, on the real Fashion-MNIST train set (60k) for a wall budget of {args.minutes:g} "
-                   f"min on {args.threads} shared CPU threads: **{steps} optimiser steps** ({train_s:.0f} s). This is "
-                   f"a tiny CPU budget (published DDPMs train ~10^5–10^6 steps), so absolute numbers are far from "
-                   f"converged; the comparison between samplers/variances on one model is the point.")
+
+def speed_up(nll_rows: list[dict]) -> dict:
+    """The smallest K at which Analytic-DPM's NLL ≤ DDPM-β's at K = 1000 (Bao et al. 2022a's speed-up figure)."""
+    value = {(r["method"], r["K"]): r["nll_bpd"] for r in nll_rows if isinstance(r["nll_bpd"], float)}
+    target = value.get(("beta", 1000))
+    if target is None:
+        return {"target_beta_K1000": None, "smallest_K_analytic": None, "speed_up": None}
+    ks = sorted(k for (m, k), v in value.items() if m == "analytic_dpm" and v <= target)
+    return {"target_beta_K1000": target, "smallest_K_analytic": ks[0] if ks else None,
+            "speed_up": 1000 / ks[0] if ks else None}
+
+
+def write_tables(args, device, rows, nll_rows, speedup, backbone, steps, train_s, n_params, gamma_s, head_info,
+                 sec_per_nfe, eval_s, nll_calls) -> None:
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} shared CPU threads")
+    budget_note = (f"Training: unconditional UNet ({n_params:,} parameters, backbone `{json.dumps(backbone)}`), linear "
+                   f"schedule N = 1000, ε-prediction, batch {args.batch_size}, AdamW lr {args.lr} constant after "
+                   f"warm-up, EMA {args.ema}, {'bf16 autocast' if device.type == 'cuda' else 'fp32'}, on the real "
+                   f"Fashion-MNIST train set (60k) through the engine (Lightning) for a wall budget of "
+                   f"{args.minutes:g} min on {where}: **{steps} optimiser steps** ({train_s:.0f} s incl. start-up). "
+                   f"Published DDPMs train ~10^5–10^6 steps, so absolute numbers are far from converged; the "
+                   f"comparison between samplers/variances on one model is the point. Covariance heads (NPR, SN): "
+                   f"a fresh GroupNorm–SiLU–conv output layer on the frozen network's last decoder features, "
+                   f"trained {args.head_minutes:g} min each ({head_info}).")
     notes = (f"{budget_note}\n\nFD-classifier: Fréchet distance on the 128-d penultimate features of the in-project "
-             f"Fashion-MNIST classifier (`fashion_eval_classifier.safetensors`), NOT FID. {args.n_samples} samples "
-             f"per row vs the first {args.n_reference} test images (reference: real train vs test = 0.13; test vs "
-             f"test + N(0, 0.3²) noise = 90). Seed 1 for every row; uniform time grids. Analytic-DPM: Γ estimated "
-             f"with `estimate_gamma(batches=2, batch_size=64, num_times=40)` ({gamma_s:.0f} s), data range "
-             f"[−1, 1], last-step cap from resolution 2/255. Rows marked \"not run (budget)\" did not fit the "
-             f"{args.eval_minutes:g}-min evaluation budget (measured {sec_per_nfe or 0:.2f} s per network call at "
-             f"batch {args.n_samples}); 1000-step rows need 1000 calls each. Evaluation took {eval_s:.0f} s. "
-             f"Samples (DDPM, 50 steps, first 100): `images_fashion_samples.png`. Export: `{out / 'export'}` "
-             f"(git-ignored).")
-    write_results("images_fashion", rows, title="Fashion-MNIST: FD-classifier by sampler and steps (CPU budget)",
-                  notes=notes, extra={"notes": notes, "train_steps": steps, "train_seconds": train_s, "n_parameters": n_params,
-                                      "sec_per_nfe": sec_per_nfe})
+             f"Fashion-MNIST classifier (`benchmarks/weights/fashion_eval_classifier.safetensors`), NOT FID. "
+             f"{args.n_samples} samples per row vs the first {args.n_reference} test images (reference: real train vs "
+             f"test = 0.13; test vs test + N(0, 0.3²) noise = 90). Seed 1 for every row; uniform time grids. "
+             f"analytic_ddpm / analytic_ddim: Analytic-DPM's optimal variance for the DDPM (λ² = β̃) and DDIM (η = 0) "
+             f"forms (Γ from `estimate_gamma`, 4 × 128 training images, {gamma_s:.0f} s; data range [−1, 1]; last-step "
+             f"cap from resolution 2/255). sn_ddim: DDIM (η = 0) mean with SN-DPM's diagonal covariance (Bao et al. 2022b). Rows marked "
+             f"\"not run (budget)\" did not fit the {args.eval_minutes:g}-min evaluation budget ({sec_per_nfe or 0:.3f} s "
+             f"per network call at batch {args.n_samples}). Evaluation took {eval_s:.0f} s. Samples (DDPM, 50 steps): "
+             f"`images_fashion_samples.png`.")
+    title = "Fashion-MNIST: FD-classifier by sampler and steps"
+    write_results("images_fashion", rows, title=title, notes=notes, results_dir=args.results_dir,
+                  extra={"train_steps": steps, "train_seconds": train_s, "n_parameters": n_params,
+                         "sec_per_nfe": sec_per_nfe})
+    s = speedup
+    speed_line = (f"Speed-up figure: DDPM-β at K = 1000 gives {s['target_beta_K1000']:.4f} bits/dim; Analytic-DPM "
+                  f"matches or beats it from K = {s['smallest_K_analytic']} on (×{s['speed_up']:.0f} fewer steps)."
+                  if s["smallest_K_analytic"] else
+                  "Speed-up figure: Analytic-DPM did not reach DDPM-β's K = 1000 NLL at any measured K (or a row was "
+                  f"not run): {s}.")
     nll_notes = (f"Test-set NLL upper bound (negative discrete ELBO, bits/dim) on the first {args.nll_images} "
-                 f"Fashion-MNIST test images, Ho et al.'s discretised Gaussian decoder (256 bins over [−1, 1]), "
-                 f"uniform K-step grids, one x_t draw per term (seed 7; the three variances share the draws and "
-                 f"the network calls). β̃ uses the previous step's β̃ for the decoder. Analytic-DPM: the Γ table of "
-                 f"the FD run, data range [−1, 1], no last-step cap (Bao et al. clip σ₁ for sampling only; the FD rows use the cap). fd_classifier: "
-                 f"from `images_fashion` where the same sampler/variance and K were sampled (β̃ = ddpm rows), "
-                 f"null where not measured.\n\nPaper anchor: {PAPER_ANCHOR}. Not comparable in absolute terms "
-                 f"(different data set, tiny model and training). In particular the paper's β̃ row is dominated by "
-                 f"the decoder term with the tiny β̃ of the last step; the core's `elbo` instead gives the β̃ decoder "
-                 f"the previous grid step's β̃ (Ho et al.'s clipped log-variance), so β̃ is not catastrophic here. "
-                 f"Fashion-MNIST's many exactly-black pixels fall in the open-ended edge bin, which keeps bits/dim low.\n\n{budget_note}")
-    write_results("analytic_dpm", nll_rows, title="Analytic-DPM vs β̃ / β: NLL (bits/dim) on Fashion-MNIST",
-                  notes=nll_notes, extra={"notes": nll_notes, "train_steps": steps, "train_seconds": train_s, "paper_anchor": PAPER_ANCHOR,
-                                          "nll_network_calls": eps.calls})
-
-
-def rerun_rows(args: argparse.Namespace, model, clf, ref_feats) -> None:
-    """Run the rows named in ``--only`` on the saved export and merge them into the existing result files."""
-    from benchmarks._report import RESULTS_DIR
-
-    fd_json, nll_json = RESULTS_DIR / "images_fashion.json", RESULTS_DIR / "analytic_dpm.json"
-    fd, nll = json.loads(fd_json.read_text()), json.loads(nll_json.read_text())
-    for payload, path in ((fd, fd_json), (nll, nll_json)):  # results written before notes were kept in the JSON
-        if "notes" not in payload:
-            lines = path.with_suffix(".md").read_text().splitlines()
-            last = max(i for i, line in enumerate(lines) if line.startswith("|"))
-            payload["notes"] = "\n".join(lines[last + 1:]).strip()
-    done = []
-    if "analytic" in args.only:  # same call and seeds as the first pass, so the same Γ table
-        model.variances = model.estimate_gamma(batches=2, batch_size=64, num_times=40, seed=0).state_dict()
-    for item in args.only.split(","):
-        name, k = item.split(":")
-        k = int(k)
-        sampler, variance = ("ddpm", "analytic") if name == "analytic" else (name, "beta_tilde")
-        label = "analytic_dpm (ddpm)" if name == "analytic" else name
-        t = time.perf_counter()
-        res = model.sample(args.n_samples, sampler=sampler, steps=k, seed=1, variance=variance)
-        sec = time.perf_counter() - t
-        value = fd_from_features(classifier_features(res.sample.clamp(-1, 1), clf), ref_feats)
-        row = {"sampler": label, "steps": k, "nfe": res.nfe, "fd_classifier": value, "n_samples": args.n_samples,
-               "seconds": round(sec, 1)}
-        fd["rows"] = [row if (r["sampler"] in (name, label) and r["steps"] == k) else r for r in fd["rows"]]
-        method = {"ddpm": "beta_tilde", "analytic": "analytic_dpm"}.get(name)
-        for r in nll["rows"]:
-            if r["method"] == method and r["K"] == k:
-                r["fd_classifier"] = value
-        done.append(f"{label} {k}")
-        print(row, flush=True)
-    extra = ("\n\nRows " + ", ".join(done) + " were run in a second pass on the same export "
-             "(`--skip-train --only`), same seed and sample count.")
-    keep = {k: v for k, v in fd.items() if k not in ("benchmark", "date", "machine", "command", "rows")}
-    keep["notes"] = keep.get("notes", "") + extra
-    write_results("images_fashion", fd["rows"], title="Fashion-MNIST: FD-classifier by sampler and steps (CPU budget)",
-                  notes=keep["notes"], extra=keep)
-    keep = {k: v for k, v in nll.items() if k not in ("benchmark", "date", "machine", "command", "rows")}
-    write_results("analytic_dpm", nll["rows"], title="Analytic-DPM vs β̃ / β: NLL (bits/dim) on Fashion-MNIST",
-                  notes=keep.get("notes", ""), extra=keep)
+                 f"Fashion-MNIST test images, Ho et al.'s discretised Gaussian decoder (256 bins over [−1, 1]), uniform "
+                 f"K-step grids, one x_t draw per term (seed 7; all variances share the draws and the mean network's "
+                 f"calls, {nll_calls} of them). β̃ uses the previous step's β̃ for the decoder (Ho et al.'s clipped "
+                 f"log-variance), so β̃ is not catastrophic here as in the paper's table. analytic_dpm: the Γ table of "
+                 f"the FD run, no last-step cap (Bao et al. clip σ₁ for sampling only). npr_dpm / sn_dpm: the diagonal "
+                 f"covariance of Bao et al. 2022b (Thm. 1) from the NPR / SN heads, clipped to its bounds, with the estimated E[(ε − ε̂)²|x_t] floored at GAMMA_GAP_FLOOR (as Analytic-DPM floors 1 − Γ) so that the decoder variance stays positive. fd_classifier: "
+                 f"from `images_fashion` where the same sampler and K were sampled (β̃ = ddpm, analytic = "
+                 f"analytic_ddpm), null where not measured.\n\n{speed_line}\n\nPaper anchor: {PAPER_ANCHOR}. Not "
+                 f"comparable in absolute terms (different data set, small model and training). Fashion-MNIST's many "
+                 f"exactly-black pixels fall in the open-ended edge bin, which keeps bits/dim low.\n\n{budget_note}")
+    write_results("analytic_dpm", nll_rows, title="Analytic-DPM, NPR-DPM, SN-DPM vs β̃ / β: NLL (bits/dim) on Fashion-MNIST",
+                  notes=nll_notes, results_dir=args.results_dir,
+                  extra={"speed_up": speedup, "train_steps": steps, "paper_anchor": PAPER_ANCHOR})
 
 
 if __name__ == "__main__":

@@ -90,11 +90,11 @@ class TabularDomain(Domain):
         self.mean, self.std = tensors["mean"], tensors["std"]
         self.columns = self.options.get("columns", [f"x{i}" for i in range(len(self.mean))])
 
-    def write_samples(self, path: Path, samples: Tensor) -> None:
+    def write_samples(self, path: Path, samples: Tensor, space: Any = None) -> None:
         with open(path, "w", newline="") as fh:
             csv.writer(fh).writerows([self.columns] + (samples.cpu().float() * self.std + self.mean).tolist())
 
-    def plot_samples(self, path: Path, samples: Tensor) -> None:
+    def plot_samples(self, path: Path, samples: Tensor, space: Any = None) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -109,7 +109,7 @@ class TabularDomain(Domain):
         axes[1].set_title("standardised sample columns")
         fig.tight_layout(), fig.savefig(path, dpi=80), plt.close(fig)
 
-    def evaluate(self, samples: Tensor) -> dict[str, float]:
+    def evaluate(self, samples: Tensor, space: Any = None) -> dict[str, float]:
         val, s = self.val_dataset(self.options).tensors[0].double(), samples.detach().cpu().double()
         m = min(len(val), len(s))
         return {"mean_abs_error": float((s.mean(0) - val.mean(0)).abs().mean()),

@@ -65,10 +65,10 @@ def run_domain_demo(domain: str, output: Path, max_steps: int | None = None, see
     train_s = time.perf_counter() - start
     model = load(run / "export")
     out = model.sample(n, sampler="ddpm", steps=100, seed=seed)
-    metrics = model.domain.evaluate(out.sample)
+    metrics = model.domain.evaluate(out.sample, out.space)
     samples_file = run / f"samples{getattr(model.domain, 'sample_suffix', '.csv')}"
-    model.domain.write_samples(samples_file, out.sample)
-    model.domain.plot_samples(run / "samples.png", out.sample)
+    model.domain.write_samples(samples_file, out.sample, out.space)
+    model.domain.plot_samples(run / "samples.png", out.sample, out.space)
     report = {"domain": domain, "train_steps": steps, "train_seconds": round(train_s, 1), "sampler": "ddpm",
               "steps": 100, "nfe": out.nfe, "n": n, "metrics": metrics}
     (run / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -261,7 +261,7 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
     if evaluate:
         metrics = {"model": str(args.model), "sampler": args.sampler, "variance": args.variance, "steps": args.steps,
                    "nfe": out.nfe,
-                   "n": args.n, "seed": args.seed, "metrics": model.domain.evaluate(out.sample)}
+                   "n": args.n, "seed": args.seed, "metrics": model.domain.evaluate(out.sample, out.space)}
         tmp = _tmp_for(args.output)
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         tmp.replace(args.output)
@@ -270,8 +270,8 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
     png = args.output.with_suffix(".png")
     tmp, tmp_png = _tmp_for(args.output), _tmp_for(png)
     try:
-        model.domain.write_samples(tmp, out.sample)
-        model.domain.plot_samples(tmp_png, out.sample)
+        model.domain.write_samples(tmp, out.sample, out.space)
+        model.domain.plot_samples(tmp_png, out.sample, out.space)
         tmp.replace(args.output)
         tmp_png.replace(png)
     finally:

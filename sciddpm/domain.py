@@ -87,16 +87,18 @@ class Domain(ABC):
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         """Restore what ``state_tensors`` returned."""
 
+    # The three output methods get the samples' ``space`` (``SamplerOutput.space``) where the engine has it: a
+    # domain whose states have a variable layout (graphs) decodes them with it; fixed-shape domains ignore it.
     @abstractmethod
-    def write_samples(self, path: Path, samples: Tensor) -> None:
+    def write_samples(self, path: Path, samples: Tensor, space: Space | None = None) -> None:
         """Write samples in the domain's own file format."""
 
     @abstractmethod
-    def plot_samples(self, path: Path, samples: Tensor) -> None:
+    def plot_samples(self, path: Path, samples: Tensor, space: Space | None = None) -> None:
         """Draw samples to a PNG."""
 
     @abstractmethod
-    def evaluate(self, samples: Tensor) -> dict[str, float]:
+    def evaluate(self, samples: Tensor, space: Space | None = None) -> dict[str, float]:
         """The domain's metrics of generated samples (against its held-out data)."""
 
 

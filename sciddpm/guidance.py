@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .objectives import coefficients, sample_times
 from .samplers import SamplerOutput, ancestral_step, check_grid
 from .schedules import NoiseSchedule
 from .spaces import Space
@@ -187,3 +188,52 @@ def repaint(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, gri
                 x = space.project(schedule.skip_alpha(s, t).to(x.dtype) * x
                                   + schedule.skip_beta(s, t).sqrt().to(x.dtype) * space.noise(generator, x.dtype))
     return SamplerOutput(paste_known(x, known, mask), nfe)
+
+
+def noisy_classifier_loss(classifier: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule, space: Space,
+                          x0: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Training loss of a noise-aware classifier for classifier guidance (Dhariwal & Nichol 2021, §4.1):
+
+        L = E_{t ~ U} E_{ε ~ space.noise()} [ −log softmax(f(x_t, t))_c ],   x_t = P(α_t x₀ + σ_t ε),
+
+    the cross-entropy of ``classifier(x_t, t)`` (logits [B, C]) against ``labels`` [B], with t drawn by
+    ``sciddpm.objectives.sample_times`` (uniform over 1..N for a discrete schedule, U[t_min, t_max] otherwise)
+    and x_t ~ q(x_t | x₀) through the space (so any space works: padding, zero-CoM, torus wrapping). Returns the
+    batch mean (fp32). ``generator`` may live on the space's device: the times are then drawn on the CPU from a
+    seed taken from it (``sample_times`` draws on the CPU), the noise from it on its device.
+    """
+    space.check(x0, name="x0")
+    if not torch.isfinite(x0).all():
+        raise ValueError("x0 contains NaN or inf")
+    labels = torch.as_tensor(labels, device=x0.device).long().reshape(-1)
+    if labels.numel() != space.batch_size:
+        raise ValueError(f"labels must hold {space.batch_size} entries (one per sample), got {labels.numel()}")
+    time_gen = generator
+    if generator is not None and generator.device.type != "cpu":
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        time_gen = torch.Generator().manual_seed(seed)
+    t, _ = sample_times(schedule, space.batch_size, generator=time_gen, device=space.device)
+    alpha, sigma = coefficients(schedule, space, t, x0.dtype)
+    x_t = space.project(alpha * space.project(x0) + sigma * space.noise(generator=generator, dtype=x0.dtype))
+    logits = classifier(x_t, t)
+    if logits.dim() != 2 or logits.shape[0] != space.batch_size:
+        raise ValueError(f"classifier must return logits [{space.batch_size}, C], got {tuple(logits.shape)}")
+    if (labels < 0).any() or (labels >= logits.shape[1]).any():
+        raise ValueError(f"labels must lie in 0..{logits.shape[1] - 1}")
+    return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+
+def classifier_log_prob(classifier: Callable[[Tensor, Tensor], Tensor], labels: Tensor) -> LogProbFn:
+    """log p_t(c_b | x_b) = log softmax(f(x, t))_{b, c_b} per sample [B] for a noise-aware classifier f returning
+    logits [B, C] (Dhariwal & Nichol 2021, Alg. 1/2): the ``log_prob_fn`` of ``classifier_guidance``, whose
+    ∇_x is the guidance direction. Computed in fp32 (log-softmax of the logits cast to float32)."""
+    labels = torch.as_tensor(labels).long().reshape(-1)
+
+    def log_prob(x: Tensor, t: Tensor) -> Tensor:
+        logits = classifier(x, t)
+        if logits.dim() != 2 or logits.shape[0] != labels.numel():
+            raise ValueError(f"classifier must return logits [{labels.numel()}, C], got {tuple(logits.shape)}")
+        y = labels.to(logits.device)
+        return torch.log_softmax(logits.float(), dim=-1).gather(1, y[:, None])[:, 0]
+
+    return log_prob

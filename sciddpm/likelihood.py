@@ -135,7 +135,7 @@ def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid:
     # prior term
     t0 = grid[0]
     p2 = schedule.prior_std**2
-    prior = gaussian_kl(schedule.alpha_sq(t0) * x0_sq, schedule.sigma_sq(t0).expand(b), torch.tensor(p2).expand(b), dof)
+    prior = gaussian_kl(schedule.alpha_sq(t0) * x0_sq, schedule.sigma_sq(t0), torch.tensor(p2, dtype=torch.float64), dof)
 
     def draw(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x_t = schedule.alpha(t) * x0 + schedule.sigma(t) * space.noise(generator=generator, dtype=torch.float64)
@@ -153,7 +153,7 @@ def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid:
         var_q, var_p = schedule.posterior_variance(s, t), variance_at(i, x_t, t, s, eps)
         if var_p.dim() == 0:
             d2 = coef**2 * space.sum_per_sample((x0 - x0_hat) ** 2)
-            diffusion = diffusion + gaussian_kl(d2, var_q.expand(b), var_p.expand(b), dof)
+            diffusion = diffusion + gaussian_kl(d2, var_q, var_p, dof)
         else:  # per-element reverse variances
             r = var_q / var_p
             diffusion = diffusion + 0.5 * space.sum_per_sample(r - 1 - torch.log(r) + coef**2 * (x0 - x0_hat) ** 2 / var_p)
@@ -177,7 +177,7 @@ def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid:
     if decoder == "discretized":
         dec = discretized_gaussian_nll(x0, mean, var, space, num_bins, data_range)
     elif var.dim() == 0:
-        dec = gaussian_nll(space.sum_per_sample((x0 - mean) ** 2), var.expand(b), dof)
+        dec = gaussian_nll(space.sum_per_sample((x0 - mean) ** 2), var, dof)
     else:
         dec = 0.5 * space.sum_per_sample((x0 - mean) ** 2 / var + torch.log(2 * math.pi * var))
     nll = prior + diffusion + dec + _bin_term(space, bin_width)

@@ -116,7 +116,9 @@ def sample_times(schedule: NoiseSchedule, n: int, *, importance: str | None = No
     Importance-sampled (``importance`` = a weighting name): t ~ p(t) ∝ w(t) (tabulated: every integer for a
     discrete schedule, a ``grid_size`` midpoint grid otherwise) with correction c(t) = w(t)/(p(t)·|T|) where
     |T| is N or t_max − t_min, so that E_p[c(t) ℓ(t)] = E_U[w(t) ℓ(t)]: the same objective, lower variance.
-    Returns (t float64 [n], c float64 [n]); the per-sample loss term is c(t)·ℓ(t) (w is already in c).
+    Returns (t float64 [n], c float64 [n]) on ``device``; the per-sample loss term is c(t)·ℓ(t) (w is already in
+    c). The draws are made on the generator's device (the CPU without one), so one CUDA generator can seed both
+    the times and the noise of a loss on the GPU.
     """
     if n < 1:
         raise ValueError("number of times must be >= 1")
@@ -126,12 +128,14 @@ def sample_times(schedule: NoiseSchedule, n: int, *, importance: str | None = No
     else:
         width = (schedule.t_max - schedule.t_min) / grid_size
         support = schedule.t_min + width * (torch.arange(grid_size, dtype=torch.float64) + 0.5)
+    gen_device = generator.device if generator is not None else torch.device("cpu")  # draws where the generator is
+    support = support.to(gen_device)
     if importance is None:
         if schedule.num_steps is not None:
-            idx = torch.randint(0, schedule.num_steps, (n,), generator=generator)
+            idx = torch.randint(0, schedule.num_steps, (n,), generator=generator, device=gen_device)
             t = support[idx]
         else:
-            u = torch.rand(n, dtype=torch.float64, generator=generator)
+            u = torch.rand(n, dtype=torch.float64, generator=generator, device=gen_device)
             t = schedule.t_min + u * (schedule.t_max - schedule.t_min)
         return t.to(device), torch.ones(n, dtype=torch.float64, device=device)
     w = loss_weight(schedule, support, importance, min_snr_gamma)
@@ -141,7 +145,7 @@ def sample_times(schedule: NoiseSchedule, n: int, *, importance: str | None = No
     idx = torch.multinomial(pmf, n, replacement=True, generator=generator)
     t = support[idx]
     if schedule.num_steps is None:  # jitter inside the grid cell: piecewise-constant density
-        t = t + (torch.rand(n, dtype=torch.float64, generator=generator) - 0.5) * width
+        t = t + (torch.rand(n, dtype=torch.float64, generator=generator, device=gen_device) - 0.5) * width
         t = t.clamp(schedule.t_min, schedule.t_max)
     # density p(t) = pmf/width and |T| = len(support)·width, so c = w/(p·|T|) = w/(pmf·len(support)).
     correction = w[idx] / (pmf[idx] * support.numel())

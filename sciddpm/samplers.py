@@ -27,10 +27,12 @@ GridKind = Literal["uniform", "quadratic", "logsnr"]
 
 @dataclass
 class SamplerOutput:
-    """A sampler's result: the final state and the number of ε-network evaluations used."""
+    """A sampler's result: the final state, the number of ε-network evaluations used and (set by
+    ``DiffusionModel.sample``) the space of the samples, which domains need to decode variable-size layouts."""
 
     sample: Tensor
     nfe: int
+    space: Space | None = None
 
 
 class _CountedEps:
@@ -209,20 +211,31 @@ def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor
 
 
 def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, eta: float = 0.0,
-         generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None) -> SamplerOutput:
+         variance: str | Tensor | VarianceFn | None = None, generator: torch.Generator | None = None,
+         clip_x0: tuple[float, float] | None = None) -> SamplerOutput:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on any grid:
 
         x_s = α_s x̂₀ + (σ_s² − c²)^{1/2} ε̂ + c z,   c² = η² β̃_{t|s} = η² σ_s² β_{t|s}/σ_t².
 
     η = 0 is deterministic; η = 1 is ancestral sampling with β̃.
+
+    With ``variance`` (``beta``/``beta_tilde``, a table of K per-step variances, or a callable
+    (x_t, t, s, ε̂) → per-element variances, as for ``ddpm``) the mean keeps DDIM(η)'s λ² = c² but the
+    added noise has the given variance v instead (the DDIM-type generalised process of Bao et al. 2022a,
+    Analytic-DPM Thm. 1 with λ² = η² β̃, and its diagonal SN/NPR form, Bao et al. 2022b):
+    x_s = α_s x̂₀ + (σ_s² − λ²)^{1/2} ε̂ + v^{1/2} z, e.g. Analytic-DDIM's v* = (σ_t/α_{t|s} − σ_s)² (1 − Γ_t)
+    for η = 0. The callable sees the network's ε̂ (before any ``clip_x0``). No noise on a step into σ_s = 0.
     """
     if eta < 0:
         raise ValueError("eta must be >= 0")
     x = _prepare(schedule, space, x, grid)
+    steps = grid.numel() - 1
+    variance_at = reverse_variance(schedule, variance, steps) if variance is not None else None
     eps_fn = _CountedEps(eps_fn, space)
-    for i in range(grid.numel() - 1):
+    for i in range(steps):
         t, s = grid[i], grid[i + 1]
         eps = eps_fn(x, t)
+        var = variance_at(i, x, t, s, eps) if variance_at is not None else None
         x0 = predict_x0(eps, x, _coef(schedule.alpha(t), x), _coef(schedule.sigma(t), x))
         if clip_x0 is not None:
             x0 = x0.clamp(*clip_x0)
@@ -230,8 +243,11 @@ def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
         sig2_s = schedule.sigma_sq(s)
         c2 = eta**2 * schedule.posterior_variance(s, t) if float(sig2_s) > 0 else torch.zeros((), dtype=torch.float64)
         x = _coef(schedule.alpha(s), x) * x0 + _coef((sig2_s - c2).clamp_min(0).sqrt(), x) * eps
-        if float(c2) > 0:
-            x = x + _coef(c2.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
+        if var is None:
+            if float(c2) > 0:
+                x = x + _coef(c2.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
+        elif float(sig2_s) > 0 and bool((var > 0).any()):
+            x = x + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
         x = space.project(x)
     return SamplerOutput(x, eps_fn.calls)
 

@@ -160,6 +160,15 @@ class DiscreteSchedule(NoiseSchedule):
         self._log_abar = torch.cat([torch.zeros(1, dtype=_F64), torch.cumsum(log_alphas, 0)])
         if not (self._log_abar[1:] < self._log_abar[:-1]).all():
             raise ValueError("schedule is not monotone: log alpha-bar must strictly decrease")
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def _tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(log ᾱ at 0..N, β_1..β_N) on ``device`` (copied once per device, so CUDA times index CUDA tables)."""
+        if device.type == "cpu":
+            return self._log_abar, self.betas
+        if device not in self._on_device:
+            self._on_device[device] = (self._log_abar.to(device), self.betas.to(device))
+        return self._on_device[device]
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod: Tensor | list[float], name: str = "discrete") -> "DiscreteSchedule":
@@ -196,8 +205,9 @@ class DiscreteSchedule(NoiseSchedule):
         tc = t.clamp(0.0, self.t_max)
         upper = torch.ceil(tc).clamp(min=1).long()
         frac = tc - (upper - 1).to(_F64)
-        lo = self._log_abar[upper - 1]
-        hi = self._log_abar[upper]
+        log_abar = self._tables(t.device)[0]
+        lo = log_abar[upper - 1]
+        hi = log_abar[upper]
         return lo + frac * (hi - lo), upper
 
     def log_alpha(self, t: TimeLike) -> Tensor:
@@ -211,7 +221,7 @@ class DiscreteSchedule(NoiseSchedule):
     def time_at_log_snr(self, lam: TimeLike) -> Tensor:
         lam = torch.as_tensor(lam, dtype=_F64)
         la = torch.nn.functional.logsigmoid(lam)  # log ᾱ = log sigmoid(λ)
-        grid = self._log_abar  # decreasing in n
+        grid = self._tables(lam.device)[0]  # decreasing in n
         # find n with grid[n-1] >= la > grid[n]
         neg = -grid  # increasing
         upper = torch.searchsorted(neg, (-la).contiguous(), right=False).clamp(1, self.num_steps)
@@ -220,8 +230,9 @@ class DiscreteSchedule(NoiseSchedule):
         return (upper - 1).to(_F64) + frac
 
     def drift_coef(self, t: TimeLike) -> Tensor:
-        _, n = self._interp_log_abar(_as_time(t))
-        return 0.5 * torch.log1p(-self.betas[n - 1])
+        t = _as_time(t)
+        _, n = self._interp_log_abar(t)
+        return 0.5 * torch.log1p(-self._tables(t.device)[1][n - 1])
 
     def diffusion_sq(self, t: TimeLike) -> Tensor:
         # σ² = 1 − ᾱ ⇒ dσ²/dt = −ᾱ · 2f, so g² = dσ²/dt − 2fσ² = −2f.

@@ -72,6 +72,10 @@ class Space(ABC):
             raise ValueError(f"{name} has shape {tuple(x.shape)} but the space expects {tuple(self.shape)}")
         return x
 
+    @abstractmethod
+    def to(self, device: torch.device | str) -> "Space":
+        """The same space with its index tensors on ``device`` (states and noise are then made there)."""
+
     def zeros(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """A zero state."""
         return torch.zeros(self.shape, dtype=dtype, device=self.device)
@@ -113,6 +117,9 @@ class DenseSpace(SetLayout):
             raise ValueError(f"dense space shape must be [B, ...] with positive sizes, got {tuple(shape)}")
         self.shape, self.batch_size, self.device = shape, shape[0], torch.device(device)
         self.feature_dim = shape[-1]
+
+    def to(self, device: torch.device | str) -> "DenseSpace":
+        return DenseSpace(self.shape, device=device)
 
     def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.randn(self.shape, generator=generator, dtype=dtype, device=self.device)
@@ -159,6 +166,9 @@ class MaskedSpace(SetLayout):
         self.batch_size, self.device = mask.shape[0], mask.device
         self.shape = torch.Size((mask.shape[0], mask.shape[1], self.feature_dim))
         self._fmask = mask.unsqueeze(-1)
+
+    def to(self, device: torch.device | str) -> "MaskedSpace":
+        return MaskedSpace(self.mask.to(device), self.feature_dim)
 
     def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         flat = torch.randn((int(self.mask.sum()), self.feature_dim), generator=generator, dtype=dtype, device=self.device)
@@ -211,6 +221,9 @@ class GraphSpace(SetLayout):
         self.shape = torch.Size((batch.numel(), self.feature_dim))
         self._counts = torch.bincount(batch, minlength=self.batch_size)
 
+    def to(self, device: torch.device | str) -> "GraphSpace":
+        return GraphSpace(self.batch.to(device), self.feature_dim, self.batch_size)
+
     def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.randn(self.shape, generator=generator, dtype=dtype, device=self.device)
 
@@ -250,6 +263,9 @@ class _Constrained(Space):
     def __init__(self, base: SetLayout) -> None:
         self.base = base
         self.shape, self.batch_size, self.device = base.shape, base.batch_size, base.device
+
+    def to(self, device: torch.device | str) -> "_Constrained":
+        return type(self)(self.base.to(device))
 
     def broadcast(self, per_sample: Tensor) -> Tensor:
         return self.base.broadcast(per_sample)
@@ -334,6 +350,9 @@ class ProductSpace(Space):
         self.widths = [p.shape[-1] for p in parts]
         self.shape = torch.Size(lead + (sum(self.widths),))
         self.batch_size, self.device = parts[0].batch_size, parts[0].device
+
+    def to(self, device: torch.device | str) -> "ProductSpace":
+        return ProductSpace([p.to(device) for p in self.parts])
 
     def split(self, x: Tensor) -> list[Tensor]:
         """Split a state into the parts' states."""

@@ -32,13 +32,14 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .domain import Domain, domain_class
-from .objectives import PARAMETERIZATIONS, WEIGHTINGS, denoising_loss, eps_predictor
-from .samplers import SamplerOutput, get_sampler, prior_sample, time_grid
-from .schedules import NoiseSchedule, schedule_from_config
+from .objectives import PARAMETERIZATIONS, WEIGHTINGS, denoising_loss
+from .model import DiffusionModel
+from .samplers import get_sampler
+from .schedules import schedule_from_config
 
 
 
@@ -162,94 +163,6 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
 
 
 # ==================================================================================================
-# Sampling (shared by the in-memory EMA model and a loaded export, so both give identical samples)
-# ==================================================================================================
-def _accepts_generator(fn: Any) -> bool:
-    import inspect
-
-    return "generator" in inspect.signature(fn).parameters
-
-
-@dataclass
-class DiffusionModel:
-    """A trained model ready to sample: domain (with its statistics), network (EMA weights), schedule."""
-
-    domain: Domain
-    net: nn.Module
-    schedule: NoiseSchedule
-    parameterization: str
-    config: dict
-    variances: dict[str, Tensor] = field(default_factory=dict)
-
-    @torch.no_grad()
-    def sample(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0, grid: str = "uniform",
-               progress: bool = False, variance: str = "beta_tilde") -> SamplerOutput:
-        """Draw n samples: x_T ~ prior, then ``sampler`` on ``time_grid(schedule, steps, grid)``.
-
-        ``variance`` (for ``ddpm``): ``beta_tilde``, ``beta`` or ``analytic`` (Analytic-DPM from the Γ table saved
-        by ``estimate_variance``, with the domain's data range and last-step resolution).
-        """
-        if n < 1:
-            raise ValueError(f"number of samples must be >= 1, got {n}")
-        fn = get_sampler(sampler)
-        self.net.eval()
-        gen = torch.Generator().manual_seed(seed)
-        space = self.domain.sample_space(n, gen)
-        x_t = prior_sample(self.schedule, space, gen, torch.float32)
-        eps = eps_predictor(self.net, self.schedule, space, self.parameterization, **self.domain.sample_condition(space))
-        grid_t = time_grid(self.schedule, steps, grid)  # type: ignore[arg-type]
-        kwargs: dict[str, Any] = {"generator": gen} if _accepts_generator(fn) else {}
-        if variance != "beta_tilde":
-            if sampler != "ddpm":
-                raise ValueError(f"variance {variance!r} needs the ddpm sampler, not {sampler!r}")
-            kwargs["variance"] = self.analytic_table(grid_t) if variance == "analytic" else variance
-        from tqdm.auto import tqdm
-
-        with tqdm(total=steps, desc=f"{sampler} sampling", unit="nfe", disable=not progress) as bar:
-            def counted(x: Tensor, t: Tensor) -> Tensor:
-                bar.update(1)
-                return eps(x, t)
-
-            return fn(counted, self.schedule, space, x_t, grid_t, **kwargs)
-
-    def analytic_table(self, grid: Tensor) -> Tensor:
-        """Analytic-DPM variances for ``grid`` from the saved Γ table (ValueError if none was estimated)."""
-        from .variances import GammaTable, variance_table
-
-        if "gamma" not in self.variances:
-            raise ValueError("this model has no Gamma table: run `sciddpm estimate-variance` on its export first")
-        table = GammaTable.from_state_dict(self.variances)
-        return variance_table(self.schedule, grid, table, data_range=self.domain.data_range,
-                              last_step_resolution=self.domain.resolution)
-
-    def estimate_gamma(self, batches: int = 8, batch_size: int = 64, num_times: int = 100, seed: int = 0):
-        """Γ_t = E‖ε̂‖²/d (Analytic-DPM) over ``batches`` training batches at ``num_times`` times (every step for
-        a discrete schedule of ≤ num_times steps, else an even grid); returns a ``GammaTable``."""
-        from .variances import estimate_gamma
-
-        data = self.domain.train_dataset(self.domain.options)
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=self.domain.collate,
-                            generator=torch.Generator().manual_seed(seed))
-        sch = self.schedule
-        if sch.num_steps is not None:
-            times = torch.unique(torch.linspace(1, sch.num_steps, min(num_times, sch.num_steps)).round()).to(torch.float64)
-        else:
-            times = torch.linspace(sch.t_min, sch.t_max, num_times + 1, dtype=torch.float64)[1:]
-        pairs = []
-        for i, batch in enumerate(loader):
-            if i >= batches:
-                break
-            space = self.domain.space_for(batch)
-            pairs.append((self.domain.state_from(batch), space, self.domain.condition_from(batch)))
-
-        def batches_iter():
-            for x0, space, cond in pairs:
-                yield x0, space, eps_predictor(self.net, sch, space, self.parameterization, **cond)
-
-        return estimate_gamma(None, sch, batches_iter(), times, generator=torch.Generator().manual_seed(seed + 1))
-
-
-# ==================================================================================================
 # Lightning module and data
 # ==================================================================================================
 def _shard_seed(seed: int, step: int, shard: int) -> int:
@@ -355,7 +268,7 @@ class SampleValidation(Callback):
             return
         out = pl_module.ema_model().sample(cfg.validate_n, sampler=cfg.validate_sampler, steps=cfg.validate_steps,
                                            seed=cfg.seed)
-        metrics = pl_module.domain.evaluate(out.sample)
+        metrics = pl_module.domain.evaluate(out.sample, out.space)
         numeric = {f"val/{k}": float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
         if numeric and trainer.logger is not None:

@@ -17,6 +17,7 @@ for data in a box [a, b] (per channel for science data). Γ is estimated once on
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -103,7 +104,7 @@ def estimate_gamma(eps_fn: EpsFn | None, schedule: NoiseSchedule, batches: Itera
             x_t = schedule.alpha(t).to(x0.dtype) * x0 + schedule.sigma(t).to(x0.dtype) * eps
             with torch.no_grad():
                 eps_hat = batch_eps(x_t, t.expand(space.batch_size))
-            per_sample = space.mean_square_per_sample(eps_hat).to(torch.float64)
+            per_sample = space.mean_square_per_sample(eps_hat).to(torch.float64).cpu()
             sums[j] += per_sample.sum()
             sq_sums[j] += (per_sample**2).sum()
         count += space.batch_size
@@ -245,14 +246,16 @@ def diagonal_optimal_variance(schedule: NoiseSchedule, s: Tensor, t: Tensor, err
     to [λ², λ² + c² α_t²/σ_t² ((b_i − a_i)/2)²] with per-channel bounds broadcast against the last axis.
     """
     s, t = torch.as_tensor(s, dtype=torch.float64), torch.as_tensor(t, dtype=torch.float64)
+    dev = error_sq.device  # s, t may be CPU scalars while the error lives on an accelerator
     lam_sq = _lambda_sq(schedule, s, t, eta)
     c2 = _x0_coefficient(schedule, s, t, lam_sq) ** 2
-    v = lam_sq + c2 * error_sq.to(torch.float64).clamp_min(0)
+    v = lam_sq.to(dev) + c2.to(dev) * error_sq.to(torch.float64).clamp_min(0)
     if data_range is not None:
         a, b = (torch.as_tensor(v_, dtype=torch.float64) for v_ in data_range)
         if (b <= a).any():
             raise ValueError("data_range needs b > a in every channel")
-        v = torch.minimum(v, lam_sq + c2 * ((b - a) / 2) ** 2 * schedule.alpha_sq(t) / schedule.sigma_sq(t))
+        upper = lam_sq + c2 * ((b - a) / 2) ** 2 * schedule.alpha_sq(t) / schedule.sigma_sq(t)
+        v = torch.minimum(v, upper.to(dev))
     return v
 
 
@@ -290,17 +293,80 @@ def covariance_head_loss(head: Callable[[Tensor, Tensor], Tensor], mean_eps_fn: 
 
 def diagonal_variance_fn(schedule: NoiseSchedule, head: Callable[[Tensor, Tensor], Tensor], *, kind: str = "npr",
                          eta: float | None = None,
-                         data_range: tuple[Tensor | float, Tensor | float] | None = None
-                         ) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
-    """A per-element variance callable ``(x_t, t, s, ε̂) -> Σ`` for ``ddpm``/``elbo`` from a trained NPR or SN head."""
+                         data_range: tuple[Tensor | float, Tensor | float] | None = None,
+                         error_floor: float = 0.0) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """A per-element variance callable ``(x_t, t, s, ε̂) -> Σ`` for ``ddpm``/``ddim``/``elbo`` from a trained NPR
+    or SN head (Bao et al. 2022b, Thm. 1). ``error_floor`` > 0 floors the estimated E[(ε − ε̂)² | x_t] (e.g. at
+    ``GAMMA_GAP_FLOOR``, as Analytic-DPM floors 1 − Γ): SN's E[ε²|x] − ε̂² is clipped at 0, which makes the
+    decoder step (λ² = 0) a zero variance that ``elbo`` rejects."""
     if kind not in ("npr", "sn"):
         raise ValueError(f"unknown covariance head kind {kind!r}; expected 'npr' or 'sn'")
+    if error_floor < 0:
+        raise ValueError(f"error_floor must be >= 0, got {error_floor}")
 
     def variance(x: Tensor, t: Tensor, s: Tensor, eps_hat: Tensor) -> Tensor:
-        t_b = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        t_b = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0]).to(x.device)
         with torch.no_grad():
             h = head(x, t_b).to(torch.float64)
         err = h if kind == "npr" else sn_error_from_second_moment(h, eps_hat.to(torch.float64))
+        if error_floor > 0:
+            err = err.clamp_min(error_floor)
         return diagonal_optimal_variance(schedule, s, t, err, eta=eta, data_range=data_range)
 
     return variance
+
+
+def fit_covariance_head(head: torch.nn.Module, mean_eps_fn_for: Callable[..., EpsFn], schedule: NoiseSchedule,
+                        batches: Iterable[tuple], *, kind: str = "npr", steps: int = 1000, lr: float = 1e-3,
+                        weight_decay: float = 0.0, grad_clip: float | None = 1.0, max_seconds: float | None = None,
+                        device: torch.device | str | None = None, generator: torch.Generator | None = None,
+                        log_every: int = 0) -> list[float]:
+    """The second training stage of SN-/NPR-DPM (Bao et al. 2022b, §4, eq. 9–10) on a frozen mean network:
+
+        SN:  min_φ E_{t, x₀, ε} ‖h_φ(x_t, t) − ε²‖²,     NPR: min_φ E_{t, x₀, ε} ‖h_φ(x_t, t) − (ε − ε̂(x_t, t))²‖²,
+
+    by AdamW on the head's trainable parameters only (``requires_grad``; a frozen trunk is skipped), through
+    ``covariance_head_loss``. ``batches`` yields (x₀, space) or (x₀, space, condition dict) for any space;
+    ``mean_eps_fn_for(space, **condition)`` returns the frozen ε̂ for that batch and the head is called as
+    ``head(x_t, t, **condition)``. A re-iterable ``batches`` is restarted when exhausted, an iterator ends the
+    fit early. Stops after ``steps`` steps or ``max_seconds``; returns the per-step loss history. On an accelerator
+    pass ``generator=None`` (``sample_times`` draws on the CPU, the noise on the space's device: no single
+    generator serves both) and seed the global RNGs instead.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    params = [p for p in head.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the covariance head has no trainable parameters")
+    if device is not None:
+        head.to(device)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    head.train()
+    losses: list[Tensor] = []
+    start, it, fresh = time.perf_counter(), iter(batches), True
+    while len(losses) < steps and (max_seconds is None or time.perf_counter() - start < max_seconds):
+        try:
+            item = next(it)
+        except StopIteration:
+            if iter(batches) is batches or fresh:  # an exhausted iterator, or an empty re-iterable
+                if not losses:
+                    raise ValueError("fit_covariance_head got no data batches") from None
+                break
+            it, fresh = iter(batches), True
+            continue
+        fresh = False
+        x0, space, cond = item[0], item[1], (item[2] if len(item) > 2 else {})
+        if device is not None:
+            x0, space = x0.to(device), space.to(device)
+        loss = covariance_head_loss(lambda x, t: head(x, t, **cond), mean_eps_fn_for(space, **cond), schedule,
+                                    space, x0, kind=kind, generator=generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        losses.append(loss.detach())
+        if log_every and len(losses) % log_every == 0:
+            print(f"covariance head ({kind}) step {len(losses)}: loss {float(loss):.5f}", flush=True)
+    head.eval()
+    return torch.stack(losses).cpu().tolist()

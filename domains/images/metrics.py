@@ -187,3 +187,88 @@ def classifier_accuracy(samples: Tensor | np.ndarray, labels: Tensor | np.ndarra
         raise ValueError(f"{len(x)} samples but {len(y)} labels")
     pred = torch.cat([classifier(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
     return float((pred == y).double().mean())
+
+
+# ==================================================================================================
+# Full-reference metrics for super-resolution: PSNR and SSIM
+# ==================================================================================================
+def _pixel_batch(x: Tensor | np.ndarray, name: str) -> Tensor:
+    """Images [N, H, W] or [N, 1, H, W] (or one [H, W] image) → float64 CPU tensor [N, H, W]."""
+    t = torch.as_tensor(np.asarray(x) if isinstance(x, np.ndarray) else x).detach().cpu()
+    if t.dim() == 4 and t.shape[1] == 1:
+        t = t[:, 0]
+    elif t.dim() == 2:
+        t = t[None]
+    if t.dim() != 3 or t.shape[0] < 1:
+        raise ValueError(f"{name} must be greyscale images [N, H, W] or [N, 1, H, W], got {tuple(t.shape)}")
+    t = t.to(torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return t
+
+
+def _pair(x: Tensor | np.ndarray, ref: Tensor | np.ndarray, data_range: float) -> tuple[Tensor, Tensor, float]:
+    a, b = _pixel_batch(x, "x"), _pixel_batch(ref, "ref")
+    if a.shape != b.shape:
+        raise ValueError(f"x {tuple(a.shape)} and ref {tuple(b.shape)} must have the same shape")
+    if not (isinstance(data_range, (int, float)) and not isinstance(data_range, bool) and data_range > 0):
+        raise ValueError(f"data_range must be a number > 0, got {data_range!r}")
+    return a, b, float(data_range)
+
+
+def psnr(x: Tensor | np.ndarray, ref: Tensor | np.ndarray, data_range: float = 255.0) -> float:
+    """Peak signal-to-noise ratio, per image then averaged over images (the SR convention, e.g. SR3 Table 1):
+
+        PSNR_i = 10 log₁₀(L² / MSE_i),   MSE_i = mean over pixels of (x − ref)²,   L = ``data_range``.
+
+    Project convention: computed on 8-bit pixel values (L = 255) after rounding model outputs with
+    ``data.from_model_range`` (clamp to [−1, 1], k = round((x + 1)·127.5)). An identical image has PSNR = +inf,
+    so the mean is +inf if any image is reproduced exactly. Images: [N, H, W] or [N, 1, H, W] (or one [H, W]).
+    """
+    a, b, peak = _pair(x, ref, data_range)
+    mse = ((a - b) ** 2).mean(dim=(1, 2))
+    with np.errstate(divide="ignore"):
+        per_image = 10.0 * np.log10(peak**2 / mse.numpy())
+    return float(per_image.mean())
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Normalised 1-D Gaussian w_k ∝ exp(−k²/(2σ²)), k = −(size−1)/2 … (size−1)/2 (float64). For σ = 1.5 and
+    size 11 this equals scipy's ``gaussian_filter`` kernel with truncate = 3.5 used by skimage's SSIM."""
+    if size < 1 or size % 2 == 0 or sigma <= 0:
+        raise ValueError(f"window size must be odd and >= 1 and sigma > 0, got size={size}, sigma={sigma}")
+    k = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    w = torch.exp(-0.5 * (k / sigma) ** 2)
+    return w / w.sum()
+
+
+def ssim(x: Tensor | np.ndarray, ref: Tensor | np.ndarray, data_range: float = 255.0, *, win_size: int = 11,
+         sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> float:
+    """Structural similarity (Wang, Bovik, Sheikh & Simoncelli 2004, eq. 13), mean over images of the mean SSIM map:
+
+        SSIM(x, y) = (2 μ_x μ_y + C₁)(2 σ_xy + C₂) / ((μ_x² + μ_y² + C₁)(σ_x² + σ_y² + C₂)),
+        C₁ = (K₁ L)², C₂ = (K₂ L)², K₁ = 0.01, K₂ = 0.03, L = ``data_range``,
+
+    with local statistics under an 11×11 circular-symmetric Gaussian window (σ = 1.5, normalised, the paper's
+    §III-C choice): μ = w∗x, σ_x² = w∗x² − μ_x², σ_xy = w∗(xy) − μ_x μ_y (population, not sample, covariance). The map
+    is evaluated only where the window fits inside the image ("valid" convolution, as in Wang et al.'s MATLAB code
+    and skimage's ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``, which
+    crops (win_size − 1)/2 border pixels): an 18×18 map for 28×28 images. Project convention as ``psnr``: 8-bit
+    pixel values (L = 255) after rounding model outputs. Identical images give exactly 1.
+    """
+    a, b, peak = _pair(x, ref, data_range)
+    if min(a.shape[-2:]) < win_size:
+        raise ValueError(f"images of size {tuple(a.shape[-2:])} are smaller than the SSIM window {win_size}")
+    w = gaussian_window(win_size, sigma)
+    wr, wc = w.reshape(1, 1, -1, 1), w.reshape(1, 1, 1, -1)
+
+    def blur(img: Tensor) -> Tensor:  # separable valid convolution (the window is symmetric)
+        return torch.nn.functional.conv2d(torch.nn.functional.conv2d(img[:, None], wr), wc)[:, 0]
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = (k1 * peak) ** 2, (k2 * peak) ** 2
+    smap = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(smap.mean(dim=(1, 2)).mean())

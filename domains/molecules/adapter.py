@@ -15,12 +15,10 @@ Options (``data:``): ``path`` (``qm9.npz`` or its folder; default the committed 
 Schedule: the domain's ``default_schedule`` is EDM's ``EDM_SCHEDULE`` (polynomial_2, 1000 steps, precision 1e-5),
 used whenever a training config names no schedule.
 
-Samples and their molecule index: the engine's ``DiffusionModel.sample`` calls the network as ``net(x, t)`` and
-returns only the flat tensor. ``sample_space`` therefore binds the batch index of the space it returns to the
-domain (``self.sample_batch``); the network wrapper (:class:`MoleculeNet`) uses that binding when it is called
-without ``batch=``, and ``write_samples`` / ``plot_samples`` / ``evaluate`` decode a flat tensor with it (checked
-by node count). They also accept an explicit ``(samples, batch)`` tuple, which is what code that keeps its own
-space (e.g. the benchmark) passes.
+Samples and their molecule index: the molecule layout lives in the sampling space (its graph ``batch`` index).
+``sample_condition(space)`` hands that index to the network (``net(x, t, batch=..., num_graphs=...)``), and
+``write_samples`` / ``plot_samples`` / ``evaluate`` decode a flat state with the samples' ``space`` (the engine
+passes ``SamplerOutput.space``) or an explicit ``(samples, batch)`` tuple. The domain keeps no sampling state.
 """
 from __future__ import annotations
 
@@ -76,30 +74,18 @@ class MoleculeSet(Dataset):
         return Data(x=x, num_nodes=x.shape[0])
 
 
-class _DomainRef:
-    """A reference to the domain that copies of the network (e.g. the engine's EMA deepcopy) share."""
-
-    def __init__(self, domain: "MoleculesDomain") -> None:
-        self.domain = domain
-
-    def __deepcopy__(self, memo: dict) -> "_DomainRef":
-        return self
-
-
 class MoleculeNet(nn.Module):
-    """The backbone called as ``net(x_t, t, batch=..., num_graphs=...)``; without ``batch`` it uses the batch
-    index that the domain's last ``sample_space`` bound (the engine's sampler passes no conditions)."""
+    """The backbone called as ``net(x_t, t, batch=..., num_graphs=...)`` (the graph index of every atom)."""
 
-    def __init__(self, dynamics: nn.Module, domain: "MoleculesDomain") -> None:
+    def __init__(self, dynamics: nn.Module) -> None:
         super().__init__()
         self.dynamics = dynamics
-        self._ref = _DomainRef(domain)  # not a sub-module, not in the state dict, shared by deep copies
 
     def forward(self, x_t: Tensor, t: Tensor, batch: Tensor | None = None, num_graphs: int | None = None) -> Tensor:
         if batch is None:
-            batch, num_graphs = self._ref.domain.bound_batch(x_t.shape[0])
-            batch = batch.to(x_t.device)
-        return self.dynamics(x_t, t, batch=batch, num_graphs=num_graphs)
+            raise ValueError("the molecule network needs batch= (the molecule index of every atom); the domain's "
+                             "sample_condition(space) provides it for sampling")
+        return self.dynamics(x_t, t, batch=batch.to(x_t.device), num_graphs=num_graphs)
 
 
 @register_domain
@@ -111,7 +97,6 @@ class MoleculesDomain(Domain):
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         self.histogram: Tensor | None = None
-        self.sample_batch: tuple[Tensor, int] | None = None
         self._qm9: dict[str, QM9Dataset] = {}
 
     # ---------------------------------------------------------------------------------------- data
@@ -165,7 +150,7 @@ class MoleculesDomain(Domain):
             net = E3NNDynamics(in_node_nf=N_FEATURES, **config)
         else:
             raise ValueError(f"unknown molecules backbone type {kind!r}; expected 'egnn', 'egnn_paper' or 'e3nn'")
-        return MoleculeNet(net, self)
+        return MoleculeNet(net)
 
     @staticmethod
     def _space(batch: Tensor, num_graphs: int) -> ProductSpace:
@@ -190,19 +175,20 @@ class MoleculesDomain(Domain):
         return MoleculeSizeSampler(hist)
 
     def sample_space(self, n: int, generator: torch.Generator | None = None) -> ProductSpace:
-        """Draw n molecule sizes from the histogram; binds the batch index for the network and the decoders."""
+        """n molecules with sizes drawn from the training-set histogram (the layout is the space's batch index)."""
         sizes = self.size_sampler().sample(n, generator)
-        batch = torch.repeat_interleave(torch.arange(n), sizes)
-        self.sample_batch = (batch, n)
-        return self._space(batch, n)
+        return self._space(torch.repeat_interleave(torch.arange(n), sizes), n)
 
-    def bound_batch(self, n_nodes: int) -> tuple[Tensor, int]:
-        """The batch index bound by the last ``sample_space``; ValueError if none or its node count differs."""
-        if self.sample_batch is None or self.sample_batch[0].numel() != n_nodes:
-            have = None if self.sample_batch is None else self.sample_batch[0].numel()
-            raise ValueError(f"molecule state has {n_nodes} atoms but the bound sample batch has {have}: pass "
-                             "batch= to the network, or (samples, batch) to the domain")
-        return self.sample_batch
+    @staticmethod
+    def batch_of(space: Any) -> tuple[Tensor, int]:
+        """(molecule index of every atom, number of molecules) of a molecule space (``space_for``/``sample_space``)."""
+        if not (isinstance(space, ProductSpace) and isinstance(space.parts[-1], GraphSpace)):
+            raise ValueError(f"expected a molecule space (ProductSpace of graph spaces), got {type(space).__name__}")
+        return space.parts[-1].batch, space.batch_size
+
+    def sample_condition(self, space: Any) -> dict[str, Any]:
+        batch, n = self.batch_of(space)
+        return {"batch": batch, "num_graphs": n}
 
     def state_tensors(self) -> dict[str, Tensor]:
         if self.histogram is None:
@@ -213,15 +199,19 @@ class MoleculesDomain(Domain):
         self.histogram = tensors["atom_count_histogram"].to(torch.float64)
 
     # ---------------------------------------------------------------------------------------- decoding, I/O
-    def decode(self, samples: Tensor | tuple[Tensor, Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Molecules (atomic numbers [n], positions [n, 3] Å) from a flat state tensor (batch index from the
-        last ``sample_space``) or a ``(state, batch)`` tuple; atom type = argmax of the one-hot part."""
+    def decode(self, samples: Tensor | tuple[Tensor, Tensor], space: Any = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Molecules (atomic numbers [n], positions [n, 3] Å) from a flat state tensor and its ``space`` (or a
+        ``(state, batch)`` tuple); atom type = argmax of the one-hot part."""
         if isinstance(samples, (tuple, list)):
             x, batch = samples
             n_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        elif space is None:
+            raise ValueError("molecule samples need their space (SamplerOutput.space) or a (samples, batch) tuple")
         else:
             x = samples
-            batch, n_graphs = self.bound_batch(x.shape[0])
+            batch, n_graphs = self.batch_of(space)
+            if batch.numel() != x.shape[0]:
+                raise ValueError(f"molecule state has {x.shape[0]} atoms but its space has {batch.numel()}")
         x, batch = x.detach().cpu().double(), batch.cpu()
         if x.dim() != 2 or x.shape[1] != 3 + N_FEATURES:
             raise ValueError(f"molecule samples have shape {tuple(x.shape)}, expected [n_atoms, {3 + N_FEATURES}]")
@@ -231,12 +221,12 @@ class MoleculesDomain(Domain):
         return [(zz.numpy(), pp.numpy()) for zz, pp in
                 zip(torch.split(z[order], counts), torch.split(x[order, :3], counts))]
 
-    def write_samples(self, path: Path, samples: Tensor | tuple[Tensor, Tensor]) -> None:
+    def write_samples(self, path: Path, samples: Tensor | tuple[Tensor, Tensor], space: Any = None) -> None:
         """SDF at ``path`` (EDM bonds, unsanitized, so unstable molecules are kept) and XYZ frames next to it
         (``path`` with suffix ``.xyz``; for the CLI's temporary ``.NAME.tmp.sdf`` it is ``NAME.xyz``).
         Molecules with non-finite coordinates are skipped, with a warning."""
         path = Path(path)
-        mols = self.decode(samples)
+        mols = self.decode(samples, space)
         finite = [m for m in mols if np.isfinite(m[1]).all() and len(m[0]) > 0]
         if len(finite) < len(mols):
             log.warning("write_samples: skipped %d of %d molecules with non-finite coordinates",
@@ -248,7 +238,8 @@ class MoleculesDomain(Domain):
         xyz = path.with_name(name + ".xyz")
         xyz.write_text("".join(xyz_block(z, p, f"sample {k}") for k, (z, p) in enumerate(finite)))
 
-    def plot_samples(self, path: Path, samples: Tensor | tuple[Tensor, Tensor], count: int = 6) -> None:
+    def plot_samples(self, path: Path, samples: Tensor | tuple[Tensor, Tensor], space: Any = None,
+                     count: int = 6) -> None:
         """Up to ``count`` molecules in 3-D: atoms coloured by element, EDM-rule bonds as lines."""
         import matplotlib
 
@@ -256,7 +247,7 @@ class MoleculesDomain(Domain):
         import matplotlib.pyplot as plt
 
         colours = {1: "lightgrey", 6: "black", 7: "blue", 8: "red", 9: "green"}
-        mols = [m for m in self.decode(samples) if np.isfinite(m[1]).all()][:count]
+        mols = [m for m in self.decode(samples, space) if np.isfinite(m[1]).all()][:count]
         cols = max(1, min(3, len(mols)))
         rows = max(1, -(-len(mols) // cols))
         fig = plt.figure(figsize=(3.2 * cols, 3.2 * rows))
@@ -273,9 +264,9 @@ class MoleculesDomain(Domain):
         fig.savefig(path, dpi=80)
         plt.close(fig)
 
-    def evaluate(self, samples: Tensor | tuple[Tensor, Tensor]) -> dict[str, float]:
+    def evaluate(self, samples: Tensor | tuple[Tensor, Tensor], space: Any = None) -> dict[str, float]:
         """EDM's metrics: atom/molecule stability, validity, uniqueness (+ RDKit DetermineBonds validity)."""
-        out = evaluate_molecules(self.decode(samples))
+        out = evaluate_molecules(self.decode(samples, space))
         return {k: float(v) for k, v in out.items() if v is not None}
 
 

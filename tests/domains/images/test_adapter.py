@@ -10,17 +10,10 @@ from sciddpm.export import load
 from sciddpm.objectives import eps_predictor
 from sciddpm.samplers import ddim, prior_sample, time_grid
 from sciddpm.training import config_from_dict, fit
+from tests.domains.images.common import TINY_UNET
 
-TINY = {"model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
-        "dropout": 0.0, "norm_groups": 4, "zero_init": False}
+TINY = {**TINY_UNET, "zero_init": False}
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _config(**data):

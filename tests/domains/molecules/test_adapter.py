@@ -7,6 +7,7 @@ import torch
 
 from sciddpm.domains.molecules.adapter import EDM_SCHEDULE, MoleculesDomain
 from sciddpm.export import load
+from sciddpm.spaces import DenseSpace
 from sciddpm.training import config_from_dict, fit
 
 TINY = {"n_layers": 2, "hidden_nf": 16}
@@ -30,12 +31,12 @@ def trained(tmp_path_factory):
 def test_trains_exports_and_samples(trained, tmp_path):
     out, module = trained
     assert module.global_step == 6
-    in_memory = module.ema_model().sample(2, sampler="dpm_solver_pp_2m", steps=3, seed=0)  # EMA copy sees the binding
-    assert in_memory.sample.shape[0] == module.domain.sample_batch[0].numel()
+    in_memory = module.ema_model().sample(2, sampler="dpm_solver_pp_2m", steps=3, seed=0)
+    assert in_memory.sample.shape[0] == MoleculesDomain.batch_of(in_memory.space)[0].numel()
     model = load(out / "export")
     assert isinstance(model.domain, MoleculesDomain) and model.schedule.config()["type"] == "polynomial"
     res = model.sample(4, sampler="ddpm", steps=5, seed=1)
-    batch, n = model.domain.sample_batch
+    batch, n = model.domain.batch_of(res.space)  # the layout travels with the samples, not on the domain
     assert n == 4 and res.sample.shape == (batch.numel(), 9) and torch.isfinite(res.sample).all()
     # per-molecule centre of mass of the positions is zero
     com = torch.zeros(4, 3, dtype=torch.float64).index_add_(0, batch, res.sample[:, :3].double())
@@ -50,17 +51,24 @@ def test_trains_exports_and_samples(trained, tmp_path):
     from rdkit import Chem
 
     sdf = tmp_path / "samples.sdf"
-    model.domain.write_samples(sdf, res.sample)
+    model.domain.write_samples(sdf, res.sample, res.space)
     mols = [m for m in Chem.SDMolSupplier(str(sdf), sanitize=False, removeHs=False)]
     assert len(mols) == 4 and all(m is not None for m in mols)
     assert [m.GetNumAtoms() for m in mols] == torch.bincount(batch, minlength=4).tolist()
     assert (tmp_path / "samples.xyz").read_text().count("sample ") == 4
-    model.domain.plot_samples(tmp_path / "samples.png", res.sample)
+    model.domain.plot_samples(tmp_path / "samples.png", res.sample, res.space)
     assert (tmp_path / "samples.png").stat().st_size > 0
-    metrics = model.domain.evaluate(res.sample)
+    metrics = model.domain.evaluate(res.sample, res.space)
     assert {"atom_stability", "mol_stability", "validity", "uniqueness"} <= set(metrics)
     # an explicit (samples, batch) pair decodes the same way
     assert model.domain.evaluate((res.sample, batch)) == metrics
+    # a flat state without its layout, or with the wrong one, is refused with a clear error
+    with pytest.raises(ValueError, match="space"):
+        model.domain.evaluate(res.sample)
+    with pytest.raises(ValueError, match="atoms"):
+        model.domain.evaluate(res.sample[:-1], res.space)
+    with pytest.raises(ValueError, match="batch="):
+        model.net(res.sample, torch.zeros(4))
 
 
 def test_space_state_and_split(trained):
@@ -88,5 +96,7 @@ def test_bad_input_raises(tmp_path):
         MoleculesDomain({}).train_dataset({"path": str(tmp_path / "bad.npz")})
     with pytest.raises(ValueError, match="unknown molecules backbone"):
         MoleculesDomain({}).build_backbone({"type": "transformer"})
-    with pytest.raises(ValueError, match="bound sample batch"):
+    with pytest.raises(ValueError, match="need their space"):
         MoleculesDomain({}).decode(torch.zeros(7, 9))
+    with pytest.raises(ValueError, match="molecule space"):
+        MoleculesDomain.batch_of(DenseSpace((2, 3)))

@@ -1,0 +1,139 @@
+"""A trained model ready to sample: ``DiffusionModel`` (domain, EMA network, schedule, variance tables).
+
+Shared by the engine's in-memory EMA model (``DiffusionModule.ema_model``) and a loaded export
+(``sciddpm.export.load``), so both give identical samples. Samples are drawn on the network's device; the prior
+draw x_T is made on the CPU so that a seed gives the same starting state on every device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .domain import Domain
+from .objectives import eps_predictor
+from .samplers import SamplerOutput, get_sampler, prior_sample, time_grid
+from .schedules import NoiseSchedule
+
+
+# ==================================================================================================
+# Sampling (shared by the in-memory EMA model and a loaded export, so both give identical samples)
+# ==================================================================================================
+def _accepts_generator(fn: Any) -> bool:
+    import inspect
+
+    return "generator" in inspect.signature(fn).parameters
+
+
+@dataclass
+class DiffusionModel:
+    """A trained model ready to sample: domain (with its statistics), network (EMA weights), schedule."""
+
+    domain: Domain
+    net: nn.Module
+    schedule: NoiseSchedule
+    parameterization: str
+    config: dict
+    variances: dict[str, Tensor] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def sample(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0, grid: str = "uniform",
+               progress: bool = False, variance: str = "beta_tilde") -> SamplerOutput:
+        """Draw n samples: x_T ~ prior, then ``sampler`` on ``time_grid(schedule, steps, grid)``.
+
+        ``variance`` (for ``ddpm``): ``beta_tilde``, ``beta`` or ``analytic`` (Analytic-DPM from the Γ table saved
+        by ``estimate_variance``, with the domain's data range and last-step resolution).
+        """
+        if n < 1:
+            raise ValueError(f"number of samples must be >= 1, got {n}")
+        fn = get_sampler(sampler)
+        self.net.eval()
+        gen = torch.Generator().manual_seed(seed)
+        space = self.domain.sample_space(n, gen)
+        x_t = prior_sample(self.schedule, space, gen, torch.float32)  # on the CPU: the same x_T on every device
+        device = self.device
+        if device.type != "cpu":
+            space, x_t = space.to(device), x_t.to(device)
+            gen = torch.Generator(device=device).manual_seed(seed)
+        eps = eps_predictor(self.net, self.schedule, space, self.parameterization, **self.domain.sample_condition(space))
+        grid_t = time_grid(self.schedule, steps, grid)  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = {"generator": gen} if _accepts_generator(fn) else {}
+        if variance != "beta_tilde":
+            if sampler != "ddpm":
+                raise ValueError(f"variance {variance!r} needs the ddpm sampler, not {sampler!r}")
+            kwargs["variance"] = self.analytic_table(grid_t) if variance == "analytic" else variance
+        from tqdm.auto import tqdm
+
+        with tqdm(total=steps, desc=f"{sampler} sampling", unit="nfe", disable=not progress) as bar:
+            def counted(x: Tensor, t: Tensor) -> Tensor:
+                bar.update(1)
+                return eps(x, t)
+
+            out = fn(counted, self.schedule, space, x_t, grid_t, **kwargs)
+        out.space = space
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the network's parameters (samples are drawn there)."""
+        param = next(self.net.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "DiffusionModel":
+        """Move the network to ``device`` (in place); returns self."""
+        self.net.to(device)
+        return self
+
+    def analytic_table(self, grid: Tensor) -> Tensor:
+        """Analytic-DPM variances for ``grid`` from the saved Γ table (ValueError if none was estimated)."""
+        from .variances import GammaTable, variance_table
+
+        if "gamma" not in self.variances:
+            raise ValueError("this model has no Gamma table: run `sciddpm estimate-variance` on its export first")
+        table = GammaTable.from_state_dict(self.variances)
+        return variance_table(self.schedule, grid, table, data_range=self.domain.data_range,
+                              last_step_resolution=self.domain.resolution)
+
+    def estimate_gamma(self, batches: int = 8, batch_size: int = 64, num_times: int = 100, seed: int = 0):
+        """Γ_t = E‖ε̂‖²/d (Analytic-DPM) over ``batches`` training batches at ``num_times`` times (every step for
+        a discrete schedule of ≤ num_times steps, else an even grid); returns a ``GammaTable``."""
+        from .variances import estimate_gamma
+
+        data = self.domain.train_dataset(self.domain.options)
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=self.domain.collate,
+                            generator=torch.Generator().manual_seed(seed))
+        sch = self.schedule
+        if sch.num_steps is not None:
+            times = torch.unique(torch.linspace(1, sch.num_steps, min(num_times, sch.num_steps)).round()).to(torch.float64)
+        else:
+            times = torch.linspace(sch.t_min, sch.t_max, num_times + 1, dtype=torch.float64)[1:]
+        device = self.device
+        pairs = []
+        for i, batch in enumerate(loader):
+            if i >= batches:
+                break
+            batch = _move(batch, device)
+            space = self.domain.space_for(batch)
+            pairs.append((self.domain.state_from(batch), space, self.domain.condition_from(batch)))
+
+        def batches_iter():
+            for x0, space, cond in pairs:
+                yield x0, space, eps_predictor(self.net, sch, space, self.parameterization, **cond)
+
+        gen = torch.Generator(device=device).manual_seed(seed + 1)
+        return estimate_gamma(None, sch, batches_iter(), times, generator=gen)
+
+
+def _move(batch: Any, device: torch.device) -> Any:
+    """A collated batch (tensor, tuple/list of tensors, or an object with ``.to``, e.g. a PyG batch) on ``device``."""
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_move(b, device) for b in batch)
+    return batch.to(device) if hasattr(batch, "to") else batch
+
+
+__all__ = ["DiffusionModel"]

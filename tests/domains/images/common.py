@@ -1,0 +1,5 @@
+"""Constants shared by the images tests."""
+
+#: A UNet small enough for sub-second CPU tests (2 levels, 8 channels, no attention).
+TINY_UNET = {"model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
+             "dropout": 0.0, "norm_groups": 4}
