@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,13 +169,8 @@ def speed_rows(domain: MoleculesDomain, train_set, device: torch.device, steps: 
     return rows
 
 
-def train_and_sample(args: argparse.Namespace, device: torch.device) -> dict:
-    """Train through the engine, then sample every row; returns {rows: [...], samples: {key: (x, batch)}, info}."""
-    cfg = edm_config(data={"path": str(args.data)}, backbone=BACKBONES[args.backbone], batch_size=args.batch_size,
-                     lr=args.lr, warmup_steps=100, lr_schedule="constant", max_steps=10**7,
-                     max_time=str(args.minutes * 60), checkpoint_every=10**6, log_every=50,
-                     accelerator="gpu" if device.type == "cuda" else "cpu", precision=args.precision,
-                     num_workers=args.num_workers, seed=args.seed)
+def train_edm(cfg) -> tuple[Any, int, float, float]:
+    """Train ``cfg`` through the engine in a temporary folder: (module, steps, wall seconds, it/s after 10 steps)."""
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -183,6 +179,17 @@ def train_and_sample(args: argparse.Namespace, device: torch.device) -> dict:
     steps = int(module.global_step)
     it_s = (steps - clock.start_step) / (clock.end - clock.start) if clock.start else float("nan")
     print(f"trained {steps} steps in {train_s:.0f} s ({it_s:.2f} it/s)", flush=True)
+    return module, steps, train_s, it_s
+
+
+def train_and_sample(args: argparse.Namespace, device: torch.device) -> dict:
+    """Train through the engine, then sample every row; returns {rows: [...], samples: {key: (x, batch)}, info}."""
+    cfg = edm_config(data={"path": str(args.data)}, backbone=BACKBONES[args.backbone], batch_size=args.batch_size,
+                     lr=args.lr, warmup_steps=100, lr_schedule="constant", max_steps=10**7,
+                     max_time=str(args.minutes * 60), checkpoint_every=10**6, log_every=50,
+                     accelerator="gpu" if device.type == "cuda" else "cpu", precision=args.precision,
+                     num_workers=args.num_workers, seed=args.seed)
+    module, steps, train_s, it_s = train_edm(cfg)
     model = module.ema_model()
     domain, schedule = model.domain, model.schedule
     net = model.net.to(device).eval()

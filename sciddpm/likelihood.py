@@ -162,7 +162,8 @@ def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid:
     if ends_at_data:
         t_dec, s_dec = grid[-2], grid[-1]
         x_t, eps, x0_hat = draw(t_dec)
-        if variance == "beta_tilde":  # β̃ into σ = 0 is 0: take the previous step's β̃ (or β when K = 1)
+        # β̃ into σ = 0 is 0: take the previous step's β̃ (or β when K = 1)
+        if isinstance(variance, str) and variance == "beta_tilde":
             var = schedule.posterior_variance(grid[-2], grid[-3]) if steps >= 2 else schedule.skip_beta(s_dec, t_dec)
         else:
             var = variance_at(steps - 1, x_t, t_dec, s_dec, eps)

@@ -12,7 +12,7 @@ trained ε̂ and Γ_t by a Monte-Carlo estimate gives Analytic-DPM; Theorem 2's 
     λ² ≤ v* ≤ λ² + (σ_t/α_{t|s} − (σ_s² − λ²)^{1/2})² · (α_t²/σ_t²) · mean_i((b_i − a_i)/2)²
 
 for data in a box [a, b] (per channel for science data). Γ is estimated once on the schedule's own steps
-(``estimate_gamma``) and interpolated in log-SNR for any grid, so one table serves any number of steps.
+(``estimate_gamma``) and interpolated linearly in t for any grid, so one table serves any number of steps.
 """
 from __future__ import annotations
 
