@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--nll-extra", type=int, default=None,
                     help="second pass on the export in --output: NLL rows at this K for β̃, β and Analytic-DPM, added "
                          "to the analytic_dpm results in --results-dir (same --nll-images as the first pass)")
+    ap.add_argument("--head-steps", type=int, default=None,
+                    help="second passes: retrain the NPR/SN heads for exactly this many steps (the first pass's count)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -166,18 +168,7 @@ def main() -> None:
                                  num_times=100 if not args.smoke else 10, seed=0)
     model.variances = gamma.state_dict()
     gamma_s = time.perf_counter() - t
-    train_u8, _ = load_fashion_mnist(args.data, "train")
-    x_train = to_model_range(train_u8).to(device)
-    heads, head_info = {}, {}
-    for kind in ("npr", "sn"):
-        t = time.perf_counter()
-        heads[kind] = train_image_covariance_head(model.net, model.schedule, x_train, kind=kind,
-                                                  steps=4 if args.smoke else 10**7,
-                                                  max_seconds=None if args.smoke else args.head_minutes * 60,
-                                                  batch_size=args.batch_size, lr=1e-3, device=device, seed=0)
-        head_info[f"{kind}_steps"] = len(heads[kind].loss_history)
-        head_info[f"{kind}_seconds"] = round(time.perf_counter() - t, 1)
-    del x_train
+    heads, head_info = train_heads(args, model, device, 4 if args.smoke else None)
 
     clf = load_eval_classifier(device=device)
     test_u8, _ = load_fashion_mnist(args.data, "test")
@@ -239,6 +230,24 @@ def main() -> None:
                  sec_per_nfe, eval_s, eps.calls)
 
 
+def train_heads(args: argparse.Namespace, model, device: torch.device, steps: int | None) -> tuple[dict, dict]:
+    """The NPR and SN covariance heads on the frozen mean network: ``steps`` steps each, or ``--head-minutes``.
+    Seeded and (on one CPU thread) deterministic, so a second pass given the first pass's step counts
+    (``--head-steps``) rebuilds the same heads."""
+    train_u8, _ = load_fashion_mnist(args.data, "train")
+    x_train = to_model_range(train_u8).to(device)
+    heads, info = {}, {}
+    for kind in ("npr", "sn"):
+        t = time.perf_counter()
+        heads[kind] = train_image_covariance_head(model.net, model.schedule, x_train, kind=kind,
+                                                  steps=steps or 10**7,
+                                                  max_seconds=None if steps else args.head_minutes * 60,
+                                                  batch_size=args.batch_size, lr=1e-3, device=device, seed=0)
+        info[f"{kind}_steps"] = len(heads[kind].loss_history)
+        info[f"{kind}_seconds"] = round(time.perf_counter() - t, 1)
+    return heads, info
+
+
 def extra_rows(args: argparse.Namespace, device: torch.device) -> None:
     """FD rows run on the saved export (same seed, sample count and reference) and merged into the results."""
     model = load(Path(args.output) / "export").to(device)
@@ -252,13 +261,16 @@ def extra_rows(args: argparse.Namespace, device: torch.device) -> None:
     if "analytic" in args.extra_rows:  # the first pass's Γ call (same seed), so the same table
         gamma = model.estimate_gamma(batches=4, batch_size=128, num_times=100, seed=0)
         model.variances = gamma.state_dict()
+    heads = train_heads(args, model, device, args.head_steps)[0] if args.head_steps else {}
     done = []
     for item in args.extra_rows.split(","):
         method, k = item.split(":")
-        if method not in ("ddpm", "ddim", "dpm_solver_pp_2m", "analytic_ddpm", "analytic_ddim"):
-            raise ValueError(f"--extra-rows: {method!r} is not a second-pass method (no covariance heads here)")
+        if method not in ("ddpm", "ddim", "dpm_solver_pp_2m", "analytic_ddpm", "analytic_ddim", "sn_ddim"):
+            raise ValueError(f"--extra-rows: unknown method {method!r}")
+        if method == "sn_ddim" and not heads:
+            raise ValueError("--extra-rows sn_ddim needs --head-steps (the first pass's head step count)")
         t = time.perf_counter()
-        x, nfe = draw(model, method, int(k), n, 1, {}, gamma)
+        x, nfe = draw(model, method, int(k), n, 1, heads, gamma)
         row = {"sampler": method, "steps": int(k), "nfe": nfe,
                "fd_classifier": fd_from_features(classifier_features(x.clamp(-1, 1), clf), ref_feats),
                "n_samples": n, "seconds": round(time.perf_counter() - t, 1)}
@@ -287,9 +299,14 @@ def extra_nll(args: argparse.Namespace, device: torch.device) -> None:
     eps = CachedEps(eps_predictor(model.net, model.schedule, space, model.parameterization))
     k = args.nll_extra
     grid = time_grid(model.schedule, k, "uniform")
+    methods = {"beta_tilde": "beta_tilde", "beta": "beta",
+               "analytic_dpm": variance_table(model.schedule, grid, gamma, data_range=DATA_RANGE)}
+    if args.head_steps:
+        heads = train_heads(args, model, device, args.head_steps)[0]
+        methods.update({kind + "_dpm": diagonal_variance_fn(model.schedule, heads[kind], kind=kind, data_range=DATA_RANGE,
+                                                            error_floor=GAMMA_GAP_FLOOR) for kind in ("npr", "sn")})
     new = {}
-    for method, variance in (("beta_tilde", "beta_tilde"), ("beta", "beta"),
-                             ("analytic_dpm", variance_table(model.schedule, grid, gamma, data_range=DATA_RANGE))):
+    for method, variance in methods.items():
         t = time.perf_counter()
         with torch.no_grad():
             res = elbo(eps, model.schedule, space, x0, grid, variance=variance, decoder="discretized",
@@ -306,8 +323,10 @@ def extra_nll(args: argparse.Namespace, device: torch.device) -> None:
     notes = notes_of(path, payload)
     head, _, tail = notes.partition("Speed-up figure:")
     tail = tail.partition("\n\n")[2]
-    notes = (head + speed_line(speedup) + "\n\n" + tail + f"\n\nK = {k} rows of β̃, β and Analytic-DPM: a second pass "
-             f"on the same export (`--nll-extra {k}`), same Γ estimate (same call and seed), ELBO seed and test images.")
+    notes = (head + speed_line(speedup) + "\n\n" + tail + f"\n\nK = {k} rows of {', '.join(new)}: a second pass on the "
+             f"same export (`--nll-extra {k}`), same Γ estimate (same call and seed), ELBO seed and test images"
+             + (f"; NPR/SN heads retrained for the first pass's {args.head_steps} steps (same seed, data and batches, "
+                "deterministic on one CPU thread)." if args.head_steps else "."))
     keep = {key: v for key, v in payload.items() if key not in ("benchmark", "date", "machine", "command", "rows", "notes",
                                                               "speed_up")}
     write_results("analytic_dpm", payload["rows"], title=ANALYTIC_TITLE, notes=notes, results_dir=args.results_dir,

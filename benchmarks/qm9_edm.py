@@ -274,8 +274,8 @@ def write_report(rows: list[dict], info: dict, speed: list[dict], extra_note: st
              f"space, {info['gamma_seconds']} s); dpm_solver_pp_2m = DPM-Solver++(2M). novelty: unique valid SMILES "
              "absent from the training split's SMILES built with the same bond rules. validity_determine_bonds: "
              "stricter RDKit rdDetermineBonds validity. seconds = sampling wall time of the row"
-             + (" on the GPU while other benchmark jobs shared it (see the speed table for isolated timings)." if gpu
-                else ".") + extra_note)
+             + (" on the GPU (the speed table holds timings taken with nothing else on the GPU)." if gpu else ".")
+             + extra_note)
     write_results("qm9_edm", rows, title="EDM on QM9" + (" (GPU run)" if gpu else " (small CPU config)"),
                   notes=notes + "\n\n## Speed\n\n" + _speed_table(speed), extra={"speed": speed, "info": info},
                   results_dir=results_dir)

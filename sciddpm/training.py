@@ -218,8 +218,8 @@ class DiffusionModule(L.LightningModule):
         """EMA: θ̄ ← d θ̄ + (1 − d) θ with d = min(decay, (1 + n)/(10 + n)) after optimiser step n."""
         n = self.global_step
         decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
-        for e, p in zip(self.ema.parameters(), self.net.parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
+        ema, params = list(self.ema.parameters()), [p.detach() for p in self.net.parameters()]
+        torch._foreach_lerp_(ema, params, 1.0 - decay)  # one fused call, not one kernel per tensor
         for e, b in zip(self.ema.buffers(), self.net.buffers()):
             e.copy_(b)
 
