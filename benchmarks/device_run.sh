@@ -6,6 +6,10 @@
 # Results land in a tarball under $OUT (snapshotted every 20 s, so a cut-off run still returns what finished);
 # molecules are evaluated with RDKit afterwards, here: python benchmarks/qm9_edm.py --evaluate <qm9_samples.npz>.
 #
+# On 2026-11-27 (H200) the qm9_edm job ran out of its limit inside the 1000-molecule, 1000-step DDPM row (the GPU
+# was shared by five jobs); qm9_edm.md comes from a rerun alone on the GPU, without --full (its JSON holds the
+# command). Give that job the GPU to itself, or more time, when a session has the device minutes.
+#
 #   bash benchmarks/device_run.sh [DATA_DIR]   # DATA_DIR holds qm9/qm9.npz and fashion_mnist/ (default .devdata)
 set -u
 DATA=${1:-.devdata}

@@ -275,12 +275,16 @@ def extra_rows(args: argparse.Namespace, device: torch.device) -> None:
                "fd_classifier": fd_from_features(classifier_features(x.clamp(-1, 1), clf), ref_feats),
                "n_samples": n, "seconds": round(time.perf_counter() - t, 1)}
         print(row, flush=True)
+        if (method, int(k)) == ("ddpm", 50):  # the results' sample grid, as in the first pass
+            model.domain.plot_samples(args.results_dir / "images_fashion_samples.png", x)
         payload["rows"] = [r for r in payload["rows"] if (r["sampler"], r["steps"]) != (method, int(k))] + [row]
         done.append(f"{method} {k}")
     payload["notes"] = notes_of(path, payload)
+    order = {m: i for i, m in enumerate(FD_METHODS)}
+    payload["rows"].sort(key=lambda r: (r["steps"], order.get(r["sampler"], len(order))))  # the first pass's order
     keep = {k: v for k, v in payload.items() if k not in ("benchmark", "date", "machine", "command", "rows", "notes")}
-    notes = payload["notes"] + (f"\n\nRows {', '.join(done)}: a second pass on the same export (`--extra-rows`), "
-                                f"same seed, sample count and reference images.")
+    notes = payload["notes"] + (f"\n\nRows {', '.join(done)}: a second pass on the same export, same seed, sample "
+                                f"count and reference images (`python {' '.join(sys.argv)}`).")
     title = payload.get("title", "Fashion-MNIST: FD-classifier by sampler and steps")
     write_results("images_fashion", payload["rows"], title=title, notes=notes, extra={**keep, "notes": notes},
                   results_dir=args.results_dir)
@@ -324,7 +328,7 @@ def extra_nll(args: argparse.Namespace, device: torch.device) -> None:
     head, _, tail = notes.partition("Speed-up figure:")
     tail = tail.partition("\n\n")[2]
     notes = (head + speed_line(speedup) + "\n\n" + tail + f"\n\nK = {k} rows of {', '.join(new)}: a second pass on the "
-             f"same export (`--nll-extra {k}`), same Γ estimate (same call and seed), ELBO seed and test images"
+             f"same export (`python {' '.join(sys.argv)}`), same Γ estimate (same call and seed), ELBO seed and test images"
              + (f"; NPR/SN heads retrained for the first pass's {args.head_steps} steps (same seed, data and batches, "
                 "deterministic on one CPU thread)." if args.head_steps else "."))
     keep = {key: v for key, v in payload.items() if key not in ("benchmark", "date", "machine", "command", "rows", "notes",
