@@ -29,18 +29,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_results  # noqa: E402
+from benchmarks._resident import train_resident  # noqa: E402
 from sciddpm.domains.images.adapter import ImagesDomain  # noqa: E402
 from sciddpm.domains.images.data import load_fashion_mnist, to_model_range  # noqa: E402
 from sciddpm.domains.images.features import (cross_val_accuracy, decoder_block_count, extract_features,  # noqa: E402
                                              middle_blocks, pixel_features, probe_accuracy, sample_labelled,
                                              train_probe)
 from sciddpm.export import export_model, load  # noqa: E402
+from sciddpm.objectives import denoising_loss  # noqa: E402
 from sciddpm.spaces import DenseSpace  # noqa: E402
 from sciddpm.training import DiffusionModule, config_from_dict  # noqa: E402
 
@@ -61,10 +62,10 @@ def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-def train_diffusion(x_train: torch.Tensor, backbone: dict, args: argparse.Namespace, start: float):
-    """Plain device-resident loop: L_simple = ‖ε − ε̂(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t)‖²/d with t ~ U{1..N} (Ho et al. 2020,
-    eq. 14; the objective of ``sciddpm.objectives.denoising_loss`` written inline so no step syncs the GPU), AdamW
-    with linear warm-up, grad-norm clip 1, EMA θ̄ ← d θ̄ + (1 − d) θ, d = min(0.999, (1 + n)/(10 + n)) as the engine."""
+def train_diffusion(x_train: torch.Tensor, backbone: dict, args: argparse.Namespace):
+    """The unconditional UNet with the core's ε-MSE (``denoising_loss``, Ho et al. 2020) in the benchmarks'
+    device-resident loop (AdamW with linear warm-up, grad-norm clip 1, the engine's EMA rule); returns the
+    engine's ``DiffusionModule`` (for the export) and the training info."""
     device = x_train.device
     bf16 = device.type == "cuda"
     cfg = config_from_dict({"domain": "images", "data": {"path": args.data}, "backbone": backbone,
@@ -73,44 +74,16 @@ def train_diffusion(x_train: torch.Tensor, backbone: dict, args: argparse.Namesp
                             "seed": args.seed, "max_steps": max(1, args.steps or 10**7)})
     torch.manual_seed(args.seed)
     module = DiffusionModule(asdict(cfg), domain=ImagesDomain(cfg.data)).to(device)
-    net, ema = module.net.train(), module.ema
-    abar = module.schedule.alphas_cumprod.to(device=device, dtype=torch.float32)  # ᾱ_n, n = 0..N
-    n_steps = module.schedule.num_steps
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0, fused=device.type == "cuda")
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    space = DenseSpace((cfg.batch_size,) + tuple(x_train.shape[1:]), device=device)
-    net_params, ema_params = list(net.parameters()), list(ema.parameters())
-    budget, step, t0 = args.minutes * 60.0, 0, time.perf_counter()
-    recent: list[torch.Tensor] = []
-    last_log = t0
-    while (step < args.steps) if args.steps else (time.perf_counter() - t0 < budget):
-        idx = torch.randint(0, x_train.shape[0], (cfg.batch_size,), device=device, generator=gen)
-        x0 = x_train[idx]
-        t = torch.randint(1, n_steps + 1, (cfg.batch_size,), device=device, generator=gen)
-        eps = space.noise(generator=gen)
-        a = abar[t].view(-1, 1, 1, 1)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = net(a.sqrt() * x0 + (1.0 - a).sqrt() * eps, t.to(torch.float64))
-        loss = F.mse_loss(pred.float(), eps)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net_params, cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in net_params],
-                                 1.0 - min(cfg.ema_decay, (1 + step) / (10 + step)))
-        recent = (recent + [loss.detach()])[-100:]
-        step += 1
-        if time.perf_counter() - last_log > 30:
-            last_log = time.perf_counter()
-            log(f"train step {step}, loss(last 100) {torch.stack(recent).mean().item():.4f}", start)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    final = float(torch.stack(recent).mean().item()) if recent else float("nan")
-    return module, {"steps": step, "seconds": round(seconds, 1), "final_loss_last100": round(final, 5)}
+
+    def loss(_: torch.nn.Module, x0: torch.Tensor) -> torch.Tensor:  # module.forward: bf16 autocast around the UNet
+        return denoising_loss(module, module.schedule, DenseSpace(x0.shape, device=device), x0, generator=gen).loss
+
+    _, info = train_resident(module.net, loss, (x_train,), lr=cfg.lr, seconds=args.minutes * 60.0,
+                             max_steps=args.steps, batch_size=cfg.batch_size, warmup=cfg.warmup_steps, ema=module.ema,
+                             ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip, generator=gen, label="diffusion",
+                             log_every=100)
+    return module, info
 
 
 def fit_and_score(feats_l: torch.Tensor, y_l: torch.Tensor, pos: list[torch.Tensor], feats_t: torch.Tensor,
@@ -176,7 +149,7 @@ def main() -> None:
         net, schedule = model.net.eval(), model.schedule
         train_info = {"loaded_from": str(args.model), "train_config": model.config}
     else:
-        module, train_info = train_diffusion(x_train.to(device), backbone, args, start)
+        module, train_info = train_diffusion(x_train.to(device), backbone, args)
         net, schedule = module.ema.eval(), module.schedule
         export_model(module, Path(args.output) / "export")
         train_info["export"] = str(Path(args.output) / "export")
@@ -252,8 +225,8 @@ def main() -> None:
     source = (f"loaded from {args.model}" if args.model else
               f"trained here for {train_info['steps']} steps / {train_info['seconds']} s at batch {args.batch_size} "
               f"(AdamW lr {args.lr} with {args.warmup} warm-up steps, EMA 0.999, "
-              f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; final L_simple over the last 100 steps "
-              f"{train_info['final_loss_last100']})")
+              f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; final L_simple over the last <= 100 steps "
+              f"{train_info['final_loss']:.5f})")
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     notes = (
         ("SMOKE RUN (tiny UNet, 200/100-image subset, 20 steps): NOT a result.\n\n" if args.smoke else "")

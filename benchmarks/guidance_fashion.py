@@ -17,8 +17,6 @@ and scores the samples with the in-project evaluation classifier (FD-classifier,
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_results  # noqa: E402
+from benchmarks._resident import autocast, sync, train_resident  # noqa: E402
 from sciddpm.domains.images.adapter import ImagesUNet, image_grid  # noqa: E402
 from sciddpm.domains.images.backbone import count_parameters  # noqa: E402
 from sciddpm.domains.images.classifier import NoisyClassifier  # noqa: E402
@@ -56,59 +55,6 @@ NUM_CLASSES, NULL, P_UNCOND = 10, 10, 0.1
 UNET_LR, CLF_LR, CLF_WD, WARMUP, EMA_DECAY, GRAD_CLIP = 2e-4, 3e-4, 0.05, 200, 0.999, 1.0
 CFG_SCALES, CG_SCALES, CG_COND_SCALES = (0.0, 1.0, 2.0, 4.0), (0.0, 1.0, 2.0, 4.0), (1.0, 2.0)
 NOISY_ACC_TIMES = (0, 250, 500, 750)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast around network forward passes on CUDA; a no-op on the CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def train(net: nn.Module, loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor], x: Tensor, y: Tensor, *,
-          lr: float, weight_decay: float, seconds: float, max_steps: int, batch_size: int, ema: bool,
-          anneal: bool, label: str) -> tuple[nn.Module, dict]:
-    """AdamW with linear warm-up (and, with ``anneal``, linear decay to 0 over the wall budget, as ADM's classifier),
-    grad-norm clip 1, EMA with decay min(0.999, (1+n)/(10+n)) (the engine's rule); random batches on the device.
-    Stops at ``max_steps`` (0 = no cap) or after ``seconds``. Returns the EMA (or raw) net in eval mode + info."""
-    device = x.device
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    ema_net = copy.deepcopy(net).requires_grad_(False).eval() if ema else None
-    params = [p for p in net.parameters()]
-    ema_params = list(ema_net.parameters()) if ema_net is not None else []
-    net.train()
-    step, running, since = 0, torch.zeros((), device=device), 0
-    sync(device)
-    start = time.perf_counter()
-    while (max_steps == 0 or step < max_steps) and time.perf_counter() - start < seconds:
-        frac = (time.perf_counter() - start) / seconds
-        scale = min(1.0, (step + 1) / WARMUP) * (max(0.0, 1.0 - frac) if anneal else 1.0)
-        for group in opt.param_groups:
-            group["lr"] = lr * scale
-        idx = torch.randint(0, len(x), (batch_size,), device=device)
-        loss = loss_fn(net, x[idx], y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
-        if ema_net is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1.0 - min(EMA_DECAY, (1 + step) / (10 + step)))
-        running += loss.detach()
-        since += 1
-        step += 1
-        if step % 500 == 0:
-            print(f"  [{label}] step {step}, {time.perf_counter() - start:.0f} s, loss {float(running) / since:.4f}",
-                  flush=True)
-            running, since = torch.zeros((), device=device), 0
-    sync(device)
-    elapsed = time.perf_counter() - start
-    final = float(running) / since if since else float("nan")
-    out = ema_net if ema_net is not None else net.eval()
-    return out, {"steps": step, "seconds": round(elapsed, 1), "final_loss": final}
 
 
 @torch.no_grad()
@@ -258,13 +204,15 @@ def main() -> None:
         return noisy_classifier_loss(call, schedule, DenseSpace(x0.shape, device=device), x0, y)
 
     unet = ImagesUNet(**unet_cfg, num_classes=NUM_CLASSES).to(device)
-    unet, unet_info = train(unet, unet_loss, x_train, y_train, lr=UNET_LR, weight_decay=0.0, seconds=60 * args.minutes,
-                            max_steps=max_steps, batch_size=args.batch_size, ema=True, anneal=False, label="unet")
+    unet, unet_info = train_resident(unet, unet_loss, (x_train, y_train), lr=UNET_LR, seconds=60 * args.minutes,
+                                     max_steps=max_steps, batch_size=args.batch_size, warmup=WARMUP, ema=True,
+                                     ema_decay=EMA_DECAY, grad_clip=GRAD_CLIP, label="unet")
     print(f"UNet: {unet_info}", flush=True)
     clf = NoisyClassifier(**clf_cfg).to(device)
-    clf, clf_info = train(clf, clf_loss, x_train, y_train, lr=CLF_LR, weight_decay=CLF_WD,
-                          seconds=60 * args.classifier_minutes, max_steps=max_steps, batch_size=args.batch_size,
-                          ema=False, anneal=True, label="classifier")
+    clf, clf_info = train_resident(clf, clf_loss, (x_train, y_train), lr=CLF_LR, weight_decay=CLF_WD,
+                                   seconds=60 * args.classifier_minutes, max_steps=max_steps,
+                                   batch_size=args.batch_size, warmup=WARMUP, ema=False, anneal=True,
+                                   grad_clip=GRAD_CLIP, label="classifier")
     clf.requires_grad_(False)
     print(f"classifier: {clf_info}", flush=True)
     noisy_acc = {str(t): noisy_accuracy(clf, schedule, x_test, y_test, t, args.seed + 7) for t in NOISY_ACC_TIMES}

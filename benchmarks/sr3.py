@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_results  # noqa: E402
+from benchmarks._resident import sync, train_resident  # noqa: E402
 from sciddpm.domains.images.adapter import ImagesDomain, image_grid  # noqa: E402
 from sciddpm.domains.images.data import from_model_range, load_fashion_mnist, to_model_range  # noqa: E402
 from sciddpm.domains.images.metrics import (classifier_features, fd_from_features, load_eval_classifier, psnr,  # noqa: E402
@@ -44,11 +45,6 @@ TINY_UNET = {"model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "
 SUBSET = ROOT / "tests" / "data" / "fashion_mnist_subset"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Forward:
     """net(x, t, **cond) with bf16 autocast on CUDA (output cast back to float32 for the loss and the samplers)."""
 
@@ -60,44 +56,6 @@ class Forward:
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.net(x, t, **cond)
         return out.float()
-
-
-def train(net: torch.nn.Module, ema: torch.nn.Module, schedule: LinearSchedule, x_train: torch.Tensor,
-          low_train: torch.Tensor, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Random batches from the device-resident train set; ε-MSE (Ho et al. 2020) conditioned on the LR image; AdamW
-    with linear warm-up then constant lr; grad-norm clip 1; EMA θ̄ ← dθ̄ + (1 − d)θ, d = min(decay, (1+n)/(10+n))."""
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
-    fwd = Forward(net, device)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    params, ema_params = list(net.parameters()), list(ema.parameters())
-    net.train()
-    losses: list[tuple[int, float]] = []
-    budget = args.minutes * 60.0
-    sync(device)
-    start = time.perf_counter()
-    step = 0
-    while step < args.max_steps and time.perf_counter() - start < budget:
-        for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
-        idx = torch.randint(0, len(x_train), (args.batch_size,), device=device, generator=gen)
-        x0 = x_train[idx]
-        out = denoising_loss(fwd, schedule, DenseSpace(x0.shape, device=device), x0, cond_image=low_train[idx])
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
-        step += 1
-        if step % args.log_every == 0 or step == 1:
-            losses.append((step, float(out.loss.detach().cpu())))
-            print(f"step {step:6d}  loss {losses[-1][1]:.4f}  {time.perf_counter() - start:7.1f} s", flush=True)
-    sync(device)
-    seconds = time.perf_counter() - start
-    for e, b in zip(ema.buffers(), net.buffers()):
-        e.copy_(b)
-    return {"steps": step, "seconds": seconds, "loss_curve": losses}
 
 
 def sr_samples(ema: torch.nn.Module, schedule: LinearSchedule, low: torch.Tensor, sampler: str, steps: int,
@@ -192,7 +150,16 @@ def main() -> None:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"SR3 x{args.factor}: {len(x_train)} train images, UNet {n_params:,} params on {dev_name}", flush=True)
 
-    info = train(net, ema, schedule, x_train, low_train, args, device)
+    fwd = Forward(net, device)
+
+    def sr3_loss(_: torch.nn.Module, x0: torch.Tensor, low_x0: torch.Tensor) -> torch.Tensor:
+        """ε-MSE (Ho et al. 2020) of UNet(cat(x_t, upsample(x_LR)), t) (Saharia et al. 2021)."""
+        return denoising_loss(fwd, schedule, DenseSpace(x0.shape, device=device), x0, cond_image=low_x0).loss
+
+    _, info = train_resident(net, sr3_loss, (x_train, low_train), lr=args.lr, seconds=args.minutes * 60.0,
+                             max_steps=args.max_steps, batch_size=args.batch_size, warmup=args.warmup, ema=ema,
+                             ema_decay=args.ema, generator=torch.Generator(device=device).manual_seed(args.seed),
+                             label="sr3", log_every=args.log_every)
     print(f"trained {info['steps']} steps in {info['seconds']:.1f} s", flush=True)
     del x_train, low_train
     ema.eval()
