@@ -60,6 +60,15 @@ def molecules():
     return noisy_input(qm9, [order[0], order[20], order[-1]])
 
 
+def test_spaces_move_to_cuda():
+    from tests.test_spaces import every_layout
+
+    for space in every_layout():
+        moved = space.to(CUDA)
+        assert moved.device.type == "cuda" and moved.noise().device.type == "cuda"
+        assert torch.equal(moved.dof.cpu(), space.dof) and torch.equal(moved.element_owner().cpu(), space.element_owner())
+
+
 @pytest.mark.parametrize("name", sorted(MOLECULE_NETS))
 def test_molecule_backbone_cuda(name, molecules):
     torch.manual_seed(0)

@@ -102,3 +102,25 @@ def test_bad_input():
         ProductSpace([DenseSpace((4, 3)), DenseSpace((5, 2))])
     with pytest.raises(ValueError, match="dense space shape"):
         DenseSpace((4,))
+
+
+
+def every_layout() -> list:
+    """One space of each kind (dense, masked, graph, zero-CoM, torus, product) over small index tensors."""
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    return [DenseSpace((2, 3, 4)), MaskedSpace(mask, 3), GraphSpace(batch, 3), ZeroCoMSpace(GraphSpace(batch, 3)),
+            TorusSpace(DenseSpace((2, 5))), ProductSpace([ZeroCoMSpace(GraphSpace(batch, 3)), GraphSpace(batch, 2)])]
+
+
+def test_to_rebuilds_the_same_layout():
+    """``Space.to(device)`` rebuilds the space (constraints and products wrap the rebuilt parts) with the same
+    type, shape, batch size, degrees of freedom, element owners and projection (tests/test_gpu.py moves them to
+    CUDA)."""
+    for space in every_layout():
+        moved = space.to("cpu")
+        assert type(moved) is type(space) and moved is not space
+        assert moved.shape == space.shape and moved.batch_size == space.batch_size
+        assert torch.equal(moved.dof, space.dof) and torch.equal(moved.element_owner(), space.element_owner())
+        x = torch.randn(space.shape, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(moved.project(x), space.project(x))
