@@ -305,9 +305,10 @@ def diagonal_variance_fn(schedule: NoiseSchedule, head: Callable[[Tensor, Tensor
         raise ValueError(f"error_floor must be >= 0, got {error_floor}")
 
     def variance(x: Tensor, t: Tensor, s: Tensor, eps_hat: Tensor) -> Tensor:
-        t_b = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0]).to(x.device)
+        # t as the sampler gives it (one time for the step): the head broadcasts it over its samples, so a graph
+        # state's rows (atoms, not samples) never get a per-row time
         with torch.no_grad():
-            h = head(x, t_b).to(torch.float64)
+            h = head(x, torch.as_tensor(t, dtype=torch.float64, device=x.device)).to(torch.float64)
         err = h if kind == "npr" else sn_error_from_second_moment(h, eps_hat.to(torch.float64))
         if error_floor > 0:
             err = err.clamp_min(error_floor)
