@@ -6,8 +6,8 @@ The core is modality-agnostic: a noise schedule (``sciddpm.schedules``), a state
 (``sciddpm.oracle``) for testing every formula. Domains live in ``sciddpm.domains``.
 """
 from .domain import Domain, get_domain, register_domain
-from .guidance import (classifier_free_guidance, classifier_guidance, energy_guidance, repaint, replacement_inpainting,
-                       sdedit_start)
+from .guidance import (batched_pair, classifier_free_guidance, classifier_guidance, classifier_log_prob,
+                       energy_guidance, noisy_classifier_loss, repaint, replacement_inpainting, sdedit_start)
 from .likelihood import LikelihoodResult, elbo, ode_log_likelihood
 from .objectives import denoising_loss, eps_predictor
 from .oracle import GaussianMixture, sliced_wasserstein2
@@ -20,7 +20,7 @@ from .spaces import DenseSpace, GraphSpace, MaskedSpace, ProductSpace, Space, To
 __version__ = "0.1.0"
 
 _LAZY = {"DiffusionModule": "training", "TrainConfig": "training", "fit": "training", "export_model": "export",
-         "load": "export"}
+         "load": "export", "DiffusionModel": "model"}
 
 
 def __getattr__(name: str):
@@ -39,5 +39,6 @@ __all__ = [
     "ode_log_likelihood", "predictor_corrector", "prior_sample", "probability_flow_rk45", "schedule_from_config",
     "sliced_wasserstein2", "time_grid", "Domain", "get_domain", "register_domain", "classifier_free_guidance",
     "classifier_guidance", "energy_guidance", "repaint", "replacement_inpainting", "sdedit_start", "DiffusionModule",
-    "TrainConfig", "export_model", "fit", "load",
+    "TrainConfig", "export_model", "fit", "load", "DiffusionModel", "batched_pair", "classifier_log_prob",
+    "noisy_classifier_loss",
 ]
