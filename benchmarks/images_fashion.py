@@ -230,14 +230,15 @@ def main() -> None:
                  sec_per_nfe, eval_s, eps.calls)
 
 
-def train_heads(args: argparse.Namespace, model, device: torch.device, steps: int | None) -> tuple[dict, dict]:
+def train_heads(args: argparse.Namespace, model, device: torch.device, steps: int | None,
+                kinds: tuple[str, ...] = ("npr", "sn")) -> tuple[dict, dict]:
     """The NPR and SN covariance heads on the frozen mean network: ``steps`` steps each, or ``--head-minutes``.
     Seeded and (on one CPU thread) deterministic, so a second pass given the first pass's step counts
     (``--head-steps``) rebuilds the same heads."""
     train_u8, _ = load_fashion_mnist(args.data, "train")
     x_train = to_model_range(train_u8).to(device)
     heads, info = {}, {}
-    for kind in ("npr", "sn"):
+    for kind in kinds:
         t = time.perf_counter()
         heads[kind] = train_image_covariance_head(model.net, model.schedule, x_train, kind=kind,
                                                   steps=steps or 10**7,
