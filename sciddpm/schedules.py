@@ -30,10 +30,11 @@ TimeLike = Union[Tensor, float, int]
 _F64 = torch.float64
 
 
-def _as_time(t: TimeLike) -> Tensor:
-    """Convert a time (number or tensor) to a float64 tensor, rejecting NaN/inf."""
+def _as_time(t: TimeLike, check_finite: bool = True) -> Tensor:
+    """Convert a time (number or tensor) to a float64 tensor, rejecting NaN/inf (``check_finite=False``: the
+    caller checks, e.g. with :meth:`NoiseSchedule.check_time`, which also rejects them)."""
     t = torch.as_tensor(t, dtype=_F64)
-    if not torch.isfinite(t).all():
+    if check_finite and not torch.isfinite(t).all():
         raise ValueError("time t contains NaN or inf")
     return t
 
@@ -123,10 +124,13 @@ class NoiseSchedule(ABC):
             raise ValueError("skip coefficients need s <= t (s is the less noisy time)")
 
     def check_time(self, t: Tensor) -> None:
-        """Raise ValueError if any t lies outside [t_min, t_max]."""
+        """Raise ValueError if any t is NaN/inf or lies outside [t_min, t_max] (one read of the device: NaN fails
+        both comparisons, so a single reduction covers all three cases; the message is worked out on failure)."""
         lo, hi = self.t_min, self.t_max
         tol = 1e-9 * max(1.0, abs(hi))
-        if (t < lo - tol).any() or (t > hi + tol).any():
+        if not bool(((t >= lo - tol) & (t <= hi + tol)).all()):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError("time t contains NaN or inf")
             raise ValueError(f"time out of range: expected t in [{lo}, {hi}], got [{t.min().item()}, {t.max().item()}]")
 
     @abstractmethod
@@ -200,8 +204,8 @@ class DiscreteSchedule(NoiseSchedule):
 
     def _interp_log_abar(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """log ᾱ(t) (linear between integers) and the index n of the interval (n−1, n] containing t."""
-        t = _as_time(t)
-        self.check_time(t)
+        t = _as_time(t, check_finite=False)
+        self.check_time(t)  # also rejects NaN/inf
         tc = t.clamp(0.0, self.t_max)
         upper = torch.ceil(tc).clamp(min=1).long()
         frac = tc - (upper - 1).to(_F64)
@@ -211,10 +215,10 @@ class DiscreteSchedule(NoiseSchedule):
         return lo + frac * (hi - lo), upper
 
     def log_alpha(self, t: TimeLike) -> Tensor:
-        return 0.5 * self._interp_log_abar(_as_time(t))[0]
+        return 0.5 * self._interp_log_abar(t)[0]
 
     def log_snr(self, t: TimeLike) -> Tensor:
-        la = self._interp_log_abar(_as_time(t))[0]
+        la = self._interp_log_abar(t)[0]
         # λ = log ᾱ − log(1 − ᾱ) = la − log(−expm1(la)); +inf at t = 0.
         return la - torch.log(-torch.expm1(la))
 
@@ -230,7 +234,7 @@ class DiscreteSchedule(NoiseSchedule):
         return (upper - 1).to(_F64) + frac
 
     def drift_coef(self, t: TimeLike) -> Tensor:
-        t = _as_time(t)
+        t = _as_time(t, check_finite=False)
         _, n = self._interp_log_abar(t)
         return 0.5 * torch.log1p(-self._tables(t.device)[1][n - 1])
 

@@ -3,7 +3,8 @@
 * ``TrainConfig``: a typed, validated config (YAML or TOML); unknown keys and wrong types are ValueErrors.
 * ``DiffusionModule``: trains any domain's backbone with ``objectives.denoising_loss`` (schedule,
   parameterization, weighting from the config), keeps EMA weights (saved in Lightning checkpoints and
-  restored on resume), optional bf16 autocast around the network, AdamW with linear warm-up and cosine decay.
+  restored on resume), optional bf16 autocast around the network and ``torch.compile`` (``compile``), AdamW
+  (fused on CUDA) with linear warm-up and cosine decay.
 * ``fit``: builds the Trainer (CSV loss log, atomic periodic checkpoints, gradient clipping, DDP) and runs it.
 * exports and ``load`` live in ``sciddpm.export`` (safetensors + JSON, never unpickled).
 
@@ -68,6 +69,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     precision: str = "32"
+    compile: bool = False  # torch.compile the training network (see compile_network); the EMA stays eager
     seed: int = 0
     shuffle: bool = True
     noise_shards: int = 1
@@ -169,6 +171,18 @@ def _shard_seed(seed: int, step: int, shard: int) -> int:
     return (seed * 1_000_003 + step * 7919 + shard * 104_729) % (2**63 - 1)
 
 
+def compile_network(net: torch.nn.Module) -> None:
+    """``torch.compile`` a backbone in place, for training speed: the first of its modules that offers
+    ``compile_core()`` (a tensor-only core with dynamic shapes, e.g. the molecules' EGNN) compiles that; any other
+    network is compiled whole (``nn.Module.compile(dynamic=True)``). Parameters and checkpoint keys are unchanged.
+    On a GPU this fuses element-wise kernels (fewer launches per step); the first step pays the compilation."""
+    for module in net.modules():
+        if callable(getattr(module, "compile_core", None)):
+            module.compile_core()
+            return
+    net.compile(dynamic=True)
+
+
 class DiffusionModule(L.LightningModule):
     """Trains ``domain.build_backbone(config.backbone)`` with the core's denoising loss; keeps EMA weights."""
 
@@ -182,6 +196,8 @@ class DiffusionModule(L.LightningModule):
         self.schedule = schedule_from_config(self.cfg.schedule or domain.default_schedule)
         self.net = domain.build_backbone(self.cfg.backbone)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        if self.cfg.compile:
+            compile_network(self.net)
 
     def forward(self, x: Tensor, t: Tensor, **condition: Any) -> Tensor:
         bf16 = self.cfg.precision == "bf16"
@@ -224,7 +240,10 @@ class DiffusionModule(L.LightningModule):
             e.copy_(b)
 
     def configure_optimizers(self) -> dict:
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # Lightning moves the module to its device before this hook: on CUDA the fused AdamW is one kernel.
+        fused = all(p.is_cuda for p in self.net.parameters())
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                fused=fused or None)
         warm, total, floor = self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio
         cosine = self.cfg.lr_schedule == "cosine"
 
@@ -425,5 +444,5 @@ def plot_loss(metrics_csv: Path, png: Path) -> None:
     tmp.replace(png)
 
 
-__all__ = ["TrainConfig", "DiffusionModule", "DiffusionModel", "DomainDataModule", "config_from_dict", "load_config",
-           "read_config_file", "fit", "latest_checkpoint", "checkpoint_step"]
+__all__ = ["TrainConfig", "DiffusionModule", "DiffusionModel", "DomainDataModule", "config_from_dict", "compile_network",
+           "load_config", "read_config_file", "fit", "latest_checkpoint", "checkpoint_step"]

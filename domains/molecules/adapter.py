@@ -4,7 +4,7 @@ State (per atom, a flat PyG node tensor [n_nodes, 9]): positions in Angstrom wit
 molecule ⊕ one-hot(H, C, N, O, F) × 0.25 ⊕ atomic number × 0.1 (EDM's normalisation factors 1, 4, 10). Space:
 ``ProductSpace([ZeroCoMSpace(GraphSpace(batch, 3)), GraphSpace(batch, 6)])``, so d = 3(N − 1) + 6N per molecule.
 Batches are ``torch_geometric.data.Batch`` objects (no padding). Backbone: EDM's EGNN (``backbone.EGNNDynamics``),
-called with ``batch=`` and ``num_graphs=``.
+called with ``batch=``, ``num_graphs=`` and ``edge_index=`` (all atom pairs; batches carry them from the collate).
 
 Options (``data:``): ``path`` (``qm9.npz`` or its folder; default the committed subset
 ``tests/data/qm9_subset.npz``, real training: ``../shared/data/qm9``), ``split`` (training split, default
@@ -16,12 +16,14 @@ Schedule: the domain's ``default_schedule`` is EDM's ``EDM_SCHEDULE`` (polynomia
 used whenever a training config names no schedule.
 
 Samples and their molecule index: the molecule layout lives in the sampling space (its graph ``batch`` index).
-``sample_condition(space)`` hands that index to the network (``net(x, t, batch=..., num_graphs=...)``), and
+``sample_condition(space)`` hands that index and the atom pairs to the network (``net(x, t, batch=..., num_graphs=...,
+edge_index=...)``), and
 ``write_samples`` / ``plot_samples`` / ``evaluate`` decode a flat state with the samples' ``space`` (the engine
 passes ``SamplerOutput.space``) or an explicit ``(samples, batch)`` tuple. The domain keeps no sampling state.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from torch.utils.data import Dataset
 from sciddpm.domain import Domain, register_domain
 from sciddpm.spaces import GraphSpace, ProductSpace, ZeroCoMSpace
 
-from .backbone import EGNNDynamics
+from .backbone import EGNNDynamics, fully_connected_edges
 from .data import MoleculeSizeSampler, QM9Dataset, load_qm9
 from .metrics import ATOMIC_NUMBERS, ELEMENTS, bond_order_matrix, evaluate_molecules, write_sdf, xyz_block
 
@@ -56,8 +58,16 @@ def edm_config(**overrides: Any) -> Any:
     return config_from_dict({"domain": "molecules", "schedule": dict(EDM_SCHEDULE), **overrides}, "edm_config")
 
 
+@functools.lru_cache(maxsize=256)
+def _all_pairs(n_atoms: int) -> Tensor:
+    """[2, n(n − 1)]: every ordered pair (receiver, sender) of distinct atoms of one n-atom molecule."""
+    return torch.stack(fully_connected_edges(torch.zeros(n_atoms, dtype=torch.long), 1))
+
+
 class MoleculeSet(Dataset):
-    """QM9 molecules as PyG ``Data(x=[n, 9] state)``: zero-CoM positions ⊕ one-hot × 0.25 ⊕ charge × 0.1."""
+    """QM9 molecules as PyG ``Data(x=[n, 9] state, edge_index=[2, n(n − 1)])``: zero-CoM positions ⊕ one-hot × 0.25
+    ⊕ charge × 0.1, and every ordered atom pair (the EGNN is fully connected). PyG's collate offsets the pairs,
+    so a batch carries its pairs, built on the CPU (in the loader's workers), not by the GPU every step."""
 
     def __init__(self, qm9: QM9Dataset) -> None:
         self.qm9 = qm9
@@ -71,21 +81,31 @@ class MoleculeSet(Dataset):
         item = self.qm9[i]
         pos = item.pos - item.pos.mean(0, keepdim=True)
         x = torch.cat([pos, item.one_hot * ONE_HOT_SCALE, item.charges * CHARGE_SCALE], dim=1)
-        return Data(x=x, num_nodes=x.shape[0])
+        return Data(x=x, edge_index=_all_pairs(x.shape[0]), num_nodes=x.shape[0])
 
 
 class MoleculeNet(nn.Module):
-    """The backbone called as ``net(x_t, t, batch=..., num_graphs=...)`` (the graph index of every atom)."""
+    """The backbone called as ``net(x_t, t, batch=..., num_graphs=..., edge_index=None)`` (the molecule index of
+    every atom, and optionally the atom pairs, which the backbone builds from ``batch`` when absent)."""
 
     def __init__(self, dynamics: nn.Module) -> None:
         super().__init__()
         self.dynamics = dynamics
 
-    def forward(self, x_t: Tensor, t: Tensor, batch: Tensor | None = None, num_graphs: int | None = None) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, batch: Tensor | None = None, num_graphs: int | None = None,
+                edge_index: Tensor | None = None) -> Tensor:
         if batch is None:
             raise ValueError("the molecule network needs batch= (the molecule index of every atom); the domain's "
                              "sample_condition(space) provides it for sampling")
-        return self.dynamics(x_t, t, batch=batch.to(x_t.device), num_graphs=num_graphs)
+        if edge_index is not None:
+            edge_index = edge_index.to(x_t.device)
+        return self.dynamics(x_t, t, batch=batch.to(x_t.device), num_graphs=num_graphs, edge_index=edge_index)
+
+    def compile_core(self, **options: Any) -> None:
+        """Compile the backbone's tensor-only core (see ``EGNNDynamics.compile_core``)."""
+        if not hasattr(self.dynamics, "compile_core"):
+            raise ValueError(f"{type(self.dynamics).__name__} has no compile_core; compile it with torch.compile")
+        self.dynamics.compile_core(**options)
 
 
 @register_domain
@@ -163,7 +183,10 @@ class MoleculesDomain(Domain):
         return batch.x
 
     def condition_from(self, batch: Any) -> dict[str, Any]:
-        return {"batch": batch.batch, "num_graphs": int(batch.num_graphs)}
+        cond = {"batch": batch.batch, "num_graphs": int(batch.num_graphs)}
+        if getattr(batch, "edge_index", None) is not None:
+            cond["edge_index"] = batch.edge_index
+        return cond
 
     # ---------------------------------------------------------------------------------------- sampling
     def size_sampler(self) -> MoleculeSizeSampler:
@@ -187,8 +210,10 @@ class MoleculesDomain(Domain):
         return space.parts[-1].batch, space.batch_size
 
     def sample_condition(self, space: Any) -> dict[str, Any]:
+        """The network's keywords for sampling in ``space``: the molecule index of every atom, the number of
+        molecules and all atom pairs, built once here instead of at every step."""
         batch, n = self.batch_of(space)
-        return {"batch": batch, "num_graphs": n}
+        return {"batch": batch, "num_graphs": n, "edge_index": torch.stack(fully_connected_edges(batch, n))}
 
     def state_tensors(self) -> dict[str, Tensor]:
         if self.histogram is None:

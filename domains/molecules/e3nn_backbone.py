@@ -1,7 +1,7 @@
 """An O(3)-equivariant tensor-field network for molecules built from e3nn (Geiger & Smidt 2022).
 
 Same call convention as :class:`.backbone.EGNNDynamics`:
-``net(x_t [n, 3+F], t [B], batch=[n], context=[B, c] | None, num_graphs=None) -> ε̂ [n, 3+F]``.
+``net(x_t [n, 3+F], t [B], batch=[n], context=[B, c] | None, num_graphs=None, edge_index=None) -> ε̂ [n, 3+F]``.
 
 Each layer is a point convolution over all atom pairs of a molecule (Thomas et al. 2018, e3nn's
 ``Convolution`` example):
@@ -93,16 +93,18 @@ class E3NNDynamics(_Configurable):
         self.output_gain = nn.Parameter(torch.tensor(float(output_gain)))
 
     def forward(self, x_t: Tensor, t: Tensor | float, batch: Tensor | None = None, context: Tensor | None = None,
-                num_graphs: int | None = None) -> Tensor:
-        """ε̂(x_t, t): the 1o output (minus its per-molecule mean) ⊕ the Fx0e output."""
-        t, n_graphs = check_inputs(x_t, t, batch, self.in_node_nf, self.context_nf, context, num_graphs, self.check)
+                num_graphs: int | None = None, edge_index: Tensor | None = None) -> Tensor:
+        """ε̂(x_t, t): the 1o output (minus its per-molecule mean) ⊕ the Fx0e output. ``edge_index`` [2, n_pairs]
+        (receiver, sender): every ordered pair of distinct atoms per molecule, built from ``batch`` if omitted."""
+        t, n_graphs = check_inputs(x_t, t, batch, self.in_node_nf, self.context_nf, context, num_graphs, self.check,
+                                   edge_index)
         dtype = self.output_gain.dtype  # the parameters' dtype
         x = x_t[:, :N_DIMS].to(dtype)
         parts = [x_t[:, N_DIMS:].to(dtype), (t / self.time_scale).to(dtype)[batch].unsqueeze(1)]
         if self.context_nf:
             parts.append(context.to(dtype)[batch])
         f = torch.cat(parts, dim=1)
-        dst, src = fully_connected_edges(batch, n_graphs)
+        dst, src = fully_connected_edges(batch, n_graphs) if edge_index is None else (edge_index[0], edge_index[1])
         vec = x[dst] - x[src]
         sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
         basis = soft_one_hot_linspace(vec.norm(dim=1), 0.0, self.max_radius, self.num_basis,
