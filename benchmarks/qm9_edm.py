@@ -14,8 +14,10 @@ molecule space) at 50 and 100 steps (+ 1000-step DDPM with ``--full``); EDM's at
 RDKit validity, uniqueness and novelty (against the training split's SMILES derived with the same bond rules).
 The GPU machine has no RDKit, so there the samples are saved (``--samples-out``) and ``--evaluate`` computes
 the metrics and writes benchmarks/results/qm9_edm.{json,md} here. ``--speed-only`` times, with nothing else on
-the GPU, one training step of EDM's paper network at batch 64 (fp32 with TF32 off, and bf16 autocast) and the
-sampling of 100 molecules (DDPM 1000 steps and DPM-Solver++ 50 steps), to set beside EDM's own figures.
+the GPU, one training step of EDM's paper network at batch 64 random molecules (fp32 with TF32 off, and bf16
+autocast; eager and with the compiled core, ``qm9_train_step.py`` breaks the step down further) and the sampling
+of 100 molecules (DDPM 1000 steps and DPM-Solver++ 50 steps), to set beside EDM's own figures. ``--compile``
+trains and samples with the compiled EGNN core.
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ import argparse
 import contextlib
 import json
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import RESULTS_DIR, machine_description, write_results  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from sciddpm.domains.molecules.adapter import SMALL_EGNN, MoleculesDomain, edm_config  # noqa: E402
-from sciddpm.objectives import denoising_loss, eps_predictor  # noqa: E402
+from sciddpm.objectives import eps_predictor  # noqa: E402
 from sciddpm.samplers import ddpm, dpm_solver_pp_2m, prior_sample, time_grid  # noqa: E402
 from sciddpm.schedules import schedule_from_config  # noqa: E402
 from sciddpm.training import fit  # noqa: E402
@@ -84,14 +85,14 @@ def sample(net, domain: MoleculesDomain, schedule, n: int, sampler: str, steps: 
     space = domain.sample_space(n, gen)
     batch = domain.batch_of(space)[0]
     x_t = prior_sample(schedule, space, gen, torch.float32).to(device)
-    space, dev_batch = space.to(device), batch.to(device)
+    space = space.to(device)
     step_gen = torch.Generator(device=device).manual_seed(seed)
 
     def model(x, t, **cond):
         with _autocast(device, bf16):
             return net(x, t, **cond).float()
 
-    eps = eps_predictor(model, schedule, space, "eps", batch=dev_batch, num_graphs=n)
+    eps = eps_predictor(model, schedule, space, "eps", **domain.sample_condition(space))  # pairs built once
     grid = time_grid(schedule, steps)
     with torch.no_grad():
         if sampler == "dpm_solver_pp_2m":
@@ -118,37 +119,26 @@ def gamma_table(net, domain: MoleculesDomain, schedule, train_set, device: torch
     return estimate_gamma(None, schedule, data(), times.double(), generator=torch.Generator(device=device).manual_seed(7))
 
 
-def speed_rows(domain: MoleculesDomain, train_set, device: torch.device, steps: int = 40, ddpm_steps: int = 1000,
-               dpm_steps: int = 50) -> list[dict]:
-    """Median time of one training step (forward, backward, AdamW) of EDM's 9 × 256 EGNN on 64 real molecules,
-    fp32 (TF32 off) and bf16 autocast; and the time to sample 100 molecules, nothing else running."""
+def speed_rows(domain: MoleculesDomain, data: Path, device: torch.device, steps: int = 40, ddpm_steps: int = 1000,
+               dpm_steps: int = 50, compile_core: bool = True) -> list[dict]:
+    """Median time of one training step of EDM's 9 × 256 EGNN on 64 random real molecules (the engine's step of
+    ``qm9_train_step.TrainStep``: loss, backward, clip, fused AdamW, EMA), fp32 (TF32 off) and bf16 autocast, eager
+    and with the compiled core; and the time to sample 100 molecules, nothing else running."""
+    from benchmarks.qm9_train_step import measure, real_batches
+
     schedule = schedule_from_config(edm_config().schedule)
-    b = domain.collate([train_set[i] for i in range(64)]).to(device)
-    space, x0, cond = domain.space_for(b), domain.state_from(b), domain.condition_from(b)
+    batches = [b.to(device) for b in real_batches(domain, data)]
+    atoms = "/".join(str(b.num_nodes) for b in batches)
     rows = []
     torch.backends.cuda.matmul.allow_tf32 = False
-    for precision in ("fp32", "bf16"):
-        torch.manual_seed(0)
-        net = domain.build_backbone({"type": "egnn_paper"}).to(device)
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        times = []
-        for k in range(steps + 10):
-            _sync(device)
-            t0 = time.perf_counter()
-            with _autocast(device, precision == "bf16"):
-                loss = denoising_loss(net, schedule, space, x0, **cond).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _sync(device)
-            if k >= 10:
-                times.append(time.perf_counter() - t0)
-        ms = 1000 * statistics.median(times)
-        rows.append({"what": f"training step, EGNN 9x256, batch 64 real molecules (flat, {x0.shape[0]} atoms), "
-                             f"{precision}", "value": round(ms, 2), "unit": "ms (median of %d)" % steps,
-                     "molecules_per_s": round(64 / ms * 1000, 1),
-                     "edm_reference": EDM_REFERENCE["train_step_ms_fp32_batch64"]})
-        print(rows[-1], flush=True)
+    for compiled in ((False, True) if compile_core else (False,)):
+        for bf16 in (False, True):
+            r = measure(domain, batches, device, "", True, True, compiled, bf16, steps)
+            rows.append({"what": f"training step, EGNN 9x256, batch 64 random real molecules (flat, {atoms} atoms), "
+                                 f"{r['precision']}{', compiled' if compiled else ''}",
+                         "value": r["ms_per_step"], "unit": f"ms (median of {steps})",
+                         "molecules_per_s": r["molecules_per_s"],
+                         "edm_reference": EDM_REFERENCE["train_step_ms_fp32_batch64"]})
     net = domain.build_backbone({"type": "egnn_paper"}).to(device).eval()
     for sampler, k, bf16, tf32 in [("ddpm", ddpm_steps, False, False), ("ddpm", ddpm_steps, False, True),
                                    ("ddpm", ddpm_steps, True, False), ("dpm_solver_pp_2m", dpm_steps, False, True),
@@ -188,11 +178,13 @@ def train_and_sample(args: argparse.Namespace, device: torch.device) -> dict:
                      lr=args.lr, warmup_steps=100, lr_schedule="constant", max_steps=10**7,
                      max_time=str(args.minutes * 60), checkpoint_every=10**6, log_every=50,
                      accelerator="gpu" if device.type == "cuda" else "cpu", precision=args.precision,
-                     num_workers=args.num_workers, seed=args.seed)
+                     num_workers=args.num_workers, seed=args.seed, compile=args.compile)
     module, steps, train_s, it_s = train_edm(cfg)
     model = module.ema_model()
     domain, schedule = model.domain, model.schedule
     net = model.net.to(device).eval()
+    if args.compile:
+        net.compile_core()  # the EMA network for sampling (the training network's compile is separate)
     train_set = domain.train_dataset(cfg.data)
     t0 = time.perf_counter()
     gamma = gamma_table(net, domain, schedule, train_set, device)
@@ -213,6 +205,7 @@ def train_and_sample(args: argparse.Namespace, device: torch.device) -> dict:
     info = {"train_steps": steps, "train_seconds": round(train_s, 1), "train_it_per_s": round(it_s, 3),
             "gamma_seconds": round(gamma_s, 1), "n_parameters": n_params, "backbone": args.backbone,
             "batch_size": args.batch_size, "lr": args.lr, "precision": args.precision, "minutes": args.minutes,
+            "compile": args.compile,
             "n": args.n, "n_train": len(train_set), "device": str(device), "machine": machine_description(),
             "command": "python " + " ".join(sys.argv)}
     return {"rows": rows, "samples": samples, "info": info}
@@ -264,7 +257,8 @@ def write_report(rows: list[dict], info: dict, speed: list[dict], extra_note: st
     budget = (f"EGNN {info['backbone']} ({info['n_parameters']:,} parameters), trained {info['train_steps']} steps "
               f"({info['minutes']:g} min wall, {info['train_seconds']:.0f} s incl. start-up; {info['train_it_per_s']} "
               f"it/s after 10 warm-up steps) at batch {info['batch_size']}, lr {info['lr']} (constant after 100 warm-up "
-              f"steps), EMA 0.999, precision {info['precision']}, on the QM9 training split ({info['n_train']} "
+              f"steps), EMA 0.999, precision {info['precision']}{', compiled core' if info.get('compile') else ''}, "
+              f"on the QM9 training split ({info['n_train']} "
               f"molecules) through the engine (Lightning) on {info['machine']}.")
     notes = (f"{info['n']} molecules per row, sizes from the training-set atom-count histogram. {budget} "
              "EDM (Hoogeboom et al. 2022, Table 1) reaches 98.7% atom / 82.0% molecule stability with this 9 x 256 "
@@ -306,6 +300,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--precision", choices=["32", "bf16"], default="32")
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the EGNN core (training and sampling)")
     p.add_argument("--speed-only", action="store_true", help="only the isolated GPU timings, to --speed-json")
     p.add_argument("--speed-json", type=Path, default=None, help="timings file (written by --speed-only, else read)")
     p.add_argument("--samples-out", type=Path, default=None, help="save samples (.npz) instead of evaluating here")
@@ -333,7 +328,7 @@ def main() -> None:
     domain = MoleculesDomain({"path": str(args.data)})
     if args.speed_only:
         quick = {"steps": 2, "ddpm_steps": 4, "dpm_steps": 3} if args.smoke else {"steps": args.speed_steps}
-        speed = speed_rows(domain, domain.train_dataset({"path": str(args.data)}), device, **quick)
+        speed = speed_rows(domain, args.data, device, compile_core=not args.smoke, **quick)
         args.speed_json.write_text(json.dumps(speed, indent=2) + "\n")
         return None
     if device.type == "cuda":

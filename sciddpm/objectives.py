@@ -86,6 +86,8 @@ def eps_predictor(model: Callable[..., Tensor], schedule: NoiseSchedule, space: 
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1).expand(space.batch_size)
         out = model(x, t, **condition)
         space.check(out, name="model output")
+        if parameterization == "eps":  # no coefficients needed (and none computed: they cost a host read each)
+            return space.project(out).to(x.dtype)
         alpha, sigma = coefficients(schedule, space, t, out.dtype)
         return space.project(to_eps(out, parameterization, x, alpha, sigma)).to(x.dtype)
 

@@ -212,14 +212,17 @@ class GraphSpace(SetLayout):
             raise ValueError(f"batch index must be a long tensor [n_nodes], got dtype {batch.dtype} shape {tuple(batch.shape)}")
         if feature_dim < 1:
             raise ValueError("feature_dim must be >= 1")
-        if batch.numel() and batch.min() < 0:
-            raise ValueError("batch index must be non-negative")
         self.batch, self.feature_dim, self.device = batch, int(feature_dim), batch.device
         self.batch_size = int(num_graphs) if num_graphs is not None else (int(batch.max()) + 1 if batch.numel() else 0)
-        if batch.numel() and int(batch.max()) >= self.batch_size:
+        # one read of the device (a GPU batch index is checked without a wait per condition)
+        if batch.numel() and not bool(((batch >= 0) & (batch < self.batch_size)).all()):
+            if int(batch.min()) < 0:
+                raise ValueError("batch index must be non-negative")
             raise ValueError(f"batch index has value {int(batch.max())} but num_graphs is {self.batch_size}")
         self.shape = torch.Size((batch.numel(), self.feature_dim))
-        self._counts = torch.bincount(batch, minlength=self.batch_size)
+        # an index_add of ones, not bincount (which reads the maximum back from a GPU)
+        self._counts = torch.zeros(self.batch_size, dtype=torch.long, device=batch.device).index_add_(
+            0, batch, torch.ones_like(batch))
 
     def to(self, device: torch.device | str) -> "GraphSpace":
         return GraphSpace(self.batch.to(device), self.feature_dim, self.batch_size)
