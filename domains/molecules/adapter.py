@@ -9,8 +9,12 @@ called with ``batch=``, ``num_graphs=`` and ``edge_index=`` (all atom pairs; bat
 Options (``data:``): ``path`` (``qm9.npz`` or its folder; default the committed subset
 ``tests/data/qm9_subset.npz``, real training: ``../shared/data/qm9``), ``split`` (training split, default
 ``train``), ``val_split`` (default ``valid``), ``max_molecules`` (optional cap, a seeded random subset),
-``split_seed`` (default 0). Backbone config: ``{}`` (a small CPU EGNN, 4 × 64), ``{"type": "egnn_paper"}``
-(EDM's 9 × 256), ``{"type": "egnn", **EGNNDynamics kwargs}`` or ``{"type": "e3nn", **E3NNDynamics kwargs}``.
+``split_seed`` (default 0), ``conditioning`` (QM9 properties to condition on, e.g. ``["alpha"]``: EDM's
+conditional models, see :mod:`.conditioning`; the backbone gets ``context_nf`` = their number) and
+``sample_properties`` (a conditional model's target values for sampling, e.g. ``{"alpha": 80.0}`` in Bohr³;
+without it each molecule's condition is drawn with its size from the training split). Backbone config: ``{}``
+(a small CPU EGNN, 4 × 64), ``{"type": "egnn_paper"}`` (EDM's 9 × 256), ``{"type": "egnn", **EGNNDynamics kwargs}``
+or ``{"type": "e3nn", **E3NNDynamics kwargs}``.
 
 Schedule: the domain's ``default_schedule`` is EDM's ``EDM_SCHEDULE`` (polynomial_2, 1000 steps, precision 1e-5),
 used whenever a training config names no schedule.
@@ -37,6 +41,7 @@ from sciddpm.domain import Domain, register_domain
 from sciddpm.spaces import GraphSpace, ProductSpace, ZeroCoMSpace
 
 from .backbone import EGNNDynamics, fully_connected_edges
+from .conditioning import MoleculeSpace, PropertyConditioning, resolve_properties
 from .data import MoleculeSizeSampler, QM9Dataset, load_qm9
 from .metrics import ATOMIC_NUMBERS, ELEMENTS, bond_order_matrix, evaluate_molecules, write_sdf, xyz_block
 
@@ -67,10 +72,11 @@ def _all_pairs(n_atoms: int) -> Tensor:
 class MoleculeSet(Dataset):
     """QM9 molecules as PyG ``Data(x=[n, 9] state, edge_index=[2, n(n − 1)])``: zero-CoM positions ⊕ one-hot × 0.25
     ⊕ charge × 0.1, and every ordered atom pair (the EGNN is fully connected). PyG's collate offsets the pairs,
-    so a batch carries its pairs, built on the CPU (in the loader's workers), not by the GPU every step."""
+    so a batch carries its pairs, built on the CPU (in the loader's workers), not by the GPU every step. With
+    ``conditioning``, each molecule also has ``context`` [1, k]: its normalised properties."""
 
-    def __init__(self, qm9: QM9Dataset) -> None:
-        self.qm9 = qm9
+    def __init__(self, qm9: QM9Dataset, conditioning: PropertyConditioning | None = None) -> None:
+        self.qm9, self.conditioning = qm9, conditioning
 
     def __len__(self) -> int:
         return len(self.qm9)
@@ -81,7 +87,10 @@ class MoleculeSet(Dataset):
         item = self.qm9[i]
         pos = item.pos - item.pos.mean(0, keepdim=True)
         x = torch.cat([pos, item.one_hot * ONE_HOT_SCALE, item.charges * CHARGE_SCALE], dim=1)
-        return Data(x=x, edge_index=_all_pairs(x.shape[0]), num_nodes=x.shape[0])
+        data = Data(x=x, edge_index=_all_pairs(x.shape[0]), num_nodes=x.shape[0])
+        if self.conditioning is not None:
+            data.context = self.conditioning.normalise(torch.cat([item[f] for f in self.conditioning.fields]))[None]
+        return data
 
 
 class MoleculeNet(nn.Module):
@@ -93,13 +102,16 @@ class MoleculeNet(nn.Module):
         self.dynamics = dynamics
 
     def forward(self, x_t: Tensor, t: Tensor, batch: Tensor | None = None, num_graphs: int | None = None,
-                edge_index: Tensor | None = None) -> Tensor:
+                edge_index: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         if batch is None:
             raise ValueError("the molecule network needs batch= (the molecule index of every atom); the domain's "
                              "sample_condition(space) provides it for sampling")
         if edge_index is not None:
             edge_index = edge_index.to(x_t.device)
-        return self.dynamics(x_t, t, batch=batch.to(x_t.device), num_graphs=num_graphs, edge_index=edge_index)
+        if context is not None:
+            context = context.to(x_t.device)
+        return self.dynamics(x_t, t, batch=batch.to(x_t.device), num_graphs=num_graphs, edge_index=edge_index,
+                             context=context)
 
     def compile_core(self, **options: Any) -> None:
         """Compile the backbone's tensor-only core (see ``EGNNDynamics.compile_core``)."""
@@ -118,6 +130,9 @@ class MoleculesDomain(Domain):
         super().__init__(options)
         self.histogram: Tensor | None = None
         self._qm9: dict[str, QM9Dataset] = {}
+        #: QM9 property fields the model is conditioned on (``data.conditioning``), and their statistics.
+        self.properties = resolve_properties(self.options.get("conditioning", []))
+        self.conditioning: PropertyConditioning | None = None
 
     # ---------------------------------------------------------------------------------------- data
     def _split(self, options: dict[str, Any], split: str) -> QM9Dataset:
@@ -138,10 +153,18 @@ class MoleculesDomain(Domain):
     def train_dataset(self, options: dict[str, Any]) -> MoleculeSet:
         qm9 = self._split(options, options.get("split", "train"))
         self.histogram = torch.as_tensor(qm9.atom_count_histogram(), dtype=torch.float64)
-        return MoleculeSet(qm9)
+        if self.properties:
+            self.conditioning = PropertyConditioning.from_dataset(self.properties, qm9)
+        return MoleculeSet(qm9, self.conditioning)
 
     def val_dataset(self, options: dict[str, Any]) -> MoleculeSet:
-        return MoleculeSet(self._split(options, options.get("val_split", "valid")))
+        return MoleculeSet(self._split(options, options.get("val_split", "valid")), self._property_conditioning())
+
+    def _property_conditioning(self) -> PropertyConditioning | None:
+        """The training split's property statistics (computed on first use), None for an unconditional model."""
+        if self.properties and self.conditioning is None:
+            self.train_dataset(self.options)
+        return self.conditioning
 
     def collate(self, items: list[Any]) -> Any:
         from torch_geometric.data import Batch
@@ -162,6 +185,9 @@ class MoleculesDomain(Domain):
         if kind == "egnn_paper":
             config = {"hidden_nf": 256, "n_layers": 9, **config}
             kind = "egnn"
+        if config.setdefault("context_nf", len(self.properties)) != len(self.properties):
+            raise ValueError(f"backbone context_nf is {config['context_nf']} but data.conditioning names "
+                             f"{len(self.properties)} properties")
         if kind == "egnn":
             net: nn.Module = EGNNDynamics(in_node_nf=N_FEATURES, **{**SMALL_EGNN, **config})
         elif kind == "e3nn":
@@ -173,11 +199,12 @@ class MoleculesDomain(Domain):
         return MoleculeNet(net)
 
     @staticmethod
-    def _space(batch: Tensor, num_graphs: int) -> ProductSpace:
-        return ProductSpace([ZeroCoMSpace(GraphSpace(batch, 3, num_graphs)), GraphSpace(batch, N_FEATURES, num_graphs)])
+    def _space(batch: Tensor, num_graphs: int, context: Tensor | None = None) -> MoleculeSpace:
+        return MoleculeSpace([ZeroCoMSpace(GraphSpace(batch, 3, num_graphs)), GraphSpace(batch, N_FEATURES, num_graphs)],
+                             context)
 
-    def space_for(self, batch: Any) -> ProductSpace:
-        return self._space(batch.batch, int(batch.num_graphs))
+    def space_for(self, batch: Any) -> MoleculeSpace:
+        return self._space(batch.batch, int(batch.num_graphs), getattr(batch, "context", None))
 
     def state_from(self, batch: Any) -> Tensor:
         return batch.x
@@ -186,6 +213,10 @@ class MoleculesDomain(Domain):
         cond = {"batch": batch.batch, "num_graphs": int(batch.num_graphs)}
         if getattr(batch, "edge_index", None) is not None:
             cond["edge_index"] = batch.edge_index
+        if self.properties:
+            if getattr(batch, "context", None) is None:
+                raise ValueError(f"the model is conditioned on {list(self.properties)} but the batch has no context")
+            cond["context"] = batch.context
         return cond
 
     # ---------------------------------------------------------------------------------------- sampling
@@ -197,10 +228,20 @@ class MoleculesDomain(Domain):
         hist[:2] = 0
         return MoleculeSizeSampler(hist)
 
-    def sample_space(self, n: int, generator: torch.Generator | None = None) -> ProductSpace:
-        """n molecules with sizes drawn from the training-set histogram (the layout is the space's batch index)."""
+    def sample_space(self, n: int, generator: torch.Generator | None = None) -> MoleculeSpace:
+        """n molecules with sizes drawn from the training-set histogram (the layout is the space's batch index).
+
+        A conditional model's molecules also get their conditions (``space.context``): ``sample_properties``
+        (domain option, physical units) for all, else each drawn with its size from the training split's p(c | N).
+        """
         sizes = self.size_sampler().sample(n, generator)
-        return self._space(torch.repeat_interleave(torch.arange(n), sizes), n)
+        context = None
+        conditioning = self._property_conditioning()
+        if conditioning is not None:
+            targets = self.options.get("sample_properties")
+            context = (conditioning.targets(targets, n) if targets is not None
+                       else conditioning.sample(sizes, generator))
+        return self._space(torch.repeat_interleave(torch.arange(n), sizes), n, context)
 
     @staticmethod
     def batch_of(space: Any) -> tuple[Tensor, int]:
@@ -213,15 +254,29 @@ class MoleculesDomain(Domain):
         """The network's keywords for sampling in ``space``: the molecule index of every atom, the number of
         molecules and all atom pairs, built once here instead of at every step."""
         batch, n = self.batch_of(space)
-        return {"batch": batch, "num_graphs": n, "edge_index": torch.stack(fully_connected_edges(batch, n))}
+        cond = {"batch": batch, "num_graphs": n, "edge_index": torch.stack(fully_connected_edges(batch, n))}
+        if self.properties:
+            context = getattr(space, "context", None)
+            if context is None:
+                raise ValueError(f"the model is conditioned on {list(self.properties)}: sample in a space from "
+                                 "sample_space (it carries the conditions)")
+            cond["context"] = context
+        return cond
 
     def state_tensors(self) -> dict[str, Tensor]:
         if self.histogram is None:
             self.train_dataset(self.options)
-        return {"atom_count_histogram": self.histogram}
+        out = {"atom_count_histogram": self.histogram}
+        if self.conditioning is not None:
+            out["condition_table"] = self.conditioning.table
+        return out
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.histogram = tensors["atom_count_histogram"].to(torch.float64)
+        if self.properties:
+            if "condition_table" not in tensors:
+                raise ValueError(f"the export is conditioned on {list(self.properties)} but has no condition_table")
+            self.conditioning = PropertyConditioning(self.properties, tensors["condition_table"])
 
     # ---------------------------------------------------------------------------------------- decoding, I/O
     def decode(self, samples: Tensor | tuple[Tensor, Tensor], space: Any = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -249,19 +304,31 @@ class MoleculesDomain(Domain):
     def write_samples(self, path: Path, samples: Tensor | tuple[Tensor, Tensor], space: Any = None) -> None:
         """SDF at ``path`` (EDM bonds, unsanitized, so unstable molecules are kept) and XYZ frames next to it
         (``path`` with suffix ``.xyz``; for the CLI's temporary ``.NAME.tmp.sdf`` it is ``NAME.xyz``).
+        A conditional model's targets (the space's conditions, in physical units) become SDF data fields.
         Molecules with non-finite coordinates are skipped, with a warning."""
         path = Path(path)
         mols = self.decode(samples, space)
-        finite = [m for m in mols if np.isfinite(m[1]).all() and len(m[0]) > 0]
+        targets = self.sample_targets(space)
+        keep = [k for k, m in enumerate(mols) if np.isfinite(m[1]).all() and len(m[0]) > 0]
+        finite = [mols[k] for k in keep]
         if len(finite) < len(mols):
             log.warning("write_samples: skipped %d of %d molecules with non-finite coordinates",
                         len(mols) - len(finite), len(mols))
-        write_sdf(path, finite)
+        write_sdf(path, finite, None if targets is None else [targets[k] for k in keep])
         name = path.stem
         if name.startswith(".") and name.endswith(".tmp"):  # the CLI's temporary ``.NAME.tmp.sdf``: XYZ at NAME.xyz
             name = name[1:-4]
         xyz = path.with_name(name + ".xyz")
         xyz.write_text("".join(xyz_block(z, p, f"sample {k}") for k, (z, p) in enumerate(finite)))
+
+    def sample_targets(self, space: Any) -> list[dict[str, float]] | None:
+        """Each molecule's conditions in ``space`` as ``{property: value}`` in physical units (None when the model
+        or the space has no conditions)."""
+        context = getattr(space, "context", None)
+        if self.conditioning is None or context is None:
+            return None
+        values = self.conditioning.denormalise(context.detach().cpu())
+        return [dict(zip(self.properties, row.tolist())) for row in values]
 
     def plot_samples(self, path: Path, samples: Tensor | tuple[Tensor, Tensor], space: Any = None,
                      count: int = 6) -> None:

@@ -430,10 +430,14 @@ def smiles_of(z: np.ndarray, pos: np.ndarray, n_atoms: np.ndarray, n_workers: in
     return [s for s in rec.smiles if s is not None]
 
 
-def write_sdf(path: str | Path, molecules: Sequence[tuple[Any, Any]]) -> Path:
+def write_sdf(path: str | Path, molecules: Sequence[tuple[Any, Any]],
+              properties: Sequence[dict[str, float]] | None = None) -> Path:
     """Write molecules ``(z, pos)`` to an SDF file with RDKit's ``SDWriter``: EDM bonds, a 3D
     conformer from ``pos`` (Angstrom). Molecules RDKit cannot sanitize are written unsanitized
-    (valence is not checked), so unstable samples can still be inspected."""
+    (valence is not checked), so unstable samples can still be inspected. ``properties`` (one dict per
+    molecule) become SDF data fields (``> <name>``), e.g. a conditional sample's target values."""
+    if properties is not None and len(properties) != len(molecules):
+        raise ValueError(f"{path}: {len(properties)} property records for {len(molecules)} molecules")
     from rdkit import Chem, rdBase
 
     path = Path(path)
@@ -449,6 +453,8 @@ def write_sdf(path: str | Path, molecules: Sequence[tuple[Any, Any]]) -> Path:
             mol = build_rdkit_mol(zz, pp)
         except ValueError as err:
             raise ValueError(f"{path}: molecule {k} cannot be built: {err}") from None
+        for name, value in (properties[k] if properties is not None else {}).items():
+            mol.SetDoubleProp(name, float(value))
         mols.append(mol)
     with rdBase.BlockLogs():
         writer = Chem.SDWriter(str(path))
