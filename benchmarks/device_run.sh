@@ -43,11 +43,15 @@ if [ "$PLAN" = qm9 ]; then
   job qm9_train_step 100 python3 benchmarks/qm9_train_step.py --device cuda --steps 20 --data "$QM" --results-dir "$R"
   job qm9_speed 240 python3 benchmarks/qm9_edm.py --speed-only --speed-steps 20 --device cuda --data "$QM" --speed-json "$R/qm9_speed.json"
   snapshot
+  # train with the compiled core only where it compiled and ran in the speed rows above
+  COMPILE=""
+  if grep -q "compiled" "$R/qm9_speed.json" 2>/dev/null && ! grep -q "failed" "$R/qm9_speed.json"; then COMPILE=--compile; fi
+  echo "qm9_edm training flags: ${COMPILE:-eager}" | tee -a "$L/status.txt"
   job pytest_gpu 230 python3 -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider -p no:warnings -rs &
   PYTEST=$!
   job qm9_edm $(( ${QM9_MINUTES:-6} * 60 + 200 )) python3 benchmarks/qm9_edm.py --backbone paper --device cuda \
     --minutes "${QM9_MINUTES:-6}" --n 1000 --full --batch-size 128 --lr 3e-4 --precision 32 --num-workers 6 \
-    --data "$QM" --speed-json "$R/qm9_speed.json" --samples-out "$R/qm9_samples.npz"
+    --data "$QM" --speed-json "$R/qm9_speed.json" --samples-out "$R/qm9_samples.npz" $COMPILE
   wait $PYTEST
   kill $SNAPPER 2>/dev/null
   snapshot

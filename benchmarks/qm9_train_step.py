@@ -153,9 +153,12 @@ def measure(domain: MoleculesDomain, batches: list[Any], device: torch.device, l
     row: dict[str, Any] = {"variant": label, "precision": "bf16" if bf16 else "fp32", "ms_per_step": round(ms, 2),
                            "molecules_per_s": round(64 / ms * 1000, 1)}
     if tiny is not None and not (compiled and device.type == "cpu"):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny operators: more threads only add their wake-up noise
         for _ in range(3):
             step(tiny)
-        row["host_ms_2_molecules"] = round(_median_ms(step, [tiny], max(steps, 10), device), 2)
+        row["host_ms_2_molecules"] = round(_median_ms(step, [tiny], max(steps, 20), device), 2)
+        torch.set_num_threads(threads)
     elif tiny is not None:  # Inductor's C++ kernels on a CPU say nothing about Triton launches on a GPU
         row["host_ms_2_molecules"] = "—"
     if compiled:
@@ -181,11 +184,18 @@ def run(device: torch.device, data: Path, steps: int, compile_rows: bool) -> lis
         for label, factorized, from_collate, compiled in VARIANTS:
             if compiled and not compile_rows:
                 continue
-            rows.append(measure(domain, batches, device, label, factorized, from_collate, compiled, bf16, steps,
-                                tiny))
+            try:
+                rows.append(measure(domain, batches, device, label, factorized, from_collate, compiled, bf16, steps,
+                                    tiny))
+            except Exception as err:  # a compiler failure is a result to report, not a reason to lose the rest
+                if not compiled:
+                    raise
+                rows.append({"variant": label, "precision": "bf16" if bf16 else "fp32",
+                             "ms_per_step": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"})
+                print(rows[-1], flush=True)
     base = rows[0]["ms_per_step"]
     for r in rows:
-        r["speedup_vs_baseline"] = round(base / r["ms_per_step"], 2)
+        r["speedup_vs_baseline"] = round(base / r["ms_per_step"], 2) if isinstance(r["ms_per_step"], float) else "—"
     return rows
 
 
@@ -212,7 +222,7 @@ def main() -> None:
              "steps after warm-up. ops_fwd_bwd / device_waits_fwd_bwd: ATen operators dispatched, and those that "
              "wait for a GPU (host reads of values, data-sized outputs), in one forward + backward (eager rows). "
              "host_ms_2_molecules: the same step on the two smallest training molecules (negligible arithmetic: the "
-             "host's time per step, the floor of an eager GPU step on this CPU; not given for the compiled core on a CPU, "
+             "host's time per step on one thread, the floor of an eager GPU step on this CPU; not given for the compiled core on a CPU, "
              "whose C++ kernels say nothing about Triton launches on a GPU). On the CPU the optimiser is the foreach "
              "AdamW (a large part of the host time); on CUDA it is the fused one. speedup_vs_baseline: against the first row, "
              "measured in this run. On a GPU the eager step is bound by the host dispatching operators, so the "
