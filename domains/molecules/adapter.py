@@ -9,7 +9,8 @@ called with ``batch=``, ``num_graphs=`` and ``edge_index=`` (all atom pairs; bat
 Options (``data:``): ``path`` (``qm9.npz`` or its folder; default the committed subset
 ``tests/data/qm9_subset.npz``, real training: ``../shared/data/qm9``), ``split`` (training split, default
 ``train``), ``val_split`` (default ``valid``), ``max_molecules`` (optional cap, a seeded random subset),
-``split_seed`` (default 0), ``conditioning`` (QM9 properties to condition on, e.g. ``["alpha"]``: EDM's
+``split_seed`` (default 0), ``train_half`` ("a" or "b": one half of the training split, EDM's D_a / D_b of its
+conditional experiments), ``conditioning`` (QM9 properties to condition on, e.g. ``["alpha"]``: EDM's
 conditional models, see :mod:`.conditioning`; the backbone gets ``context_nf`` = their number) and
 ``sample_properties`` (a conditional model's target values for sampling, e.g. ``{"alpha": 80.0}`` in Bohr³;
 without it each molecule's condition is drawn with its size from the training split). Backbone config: ``{}``
@@ -67,6 +68,15 @@ def edm_config(**overrides: Any) -> Any:
 def _all_pairs(n_atoms: int) -> Tensor:
     """[2, n(n − 1)]: every ordered pair (receiver, sender) of distinct atoms of one n-atom molecule."""
     return torch.stack(fully_connected_edges(torch.zeros(n_atoms, dtype=torch.long), 1))
+
+
+def training_half(n: int, half: str, seed: int = 0) -> np.ndarray:
+    """EDM's D_a / D_b (§5.2): the training split cut into two halves by a seeded permutation
+    (``numpy.random.default_rng(seed + 1)``); ``half`` "a" is the first ⌊n/2⌋, "b" the rest (sorted indices)."""
+    if half not in ("a", "b"):
+        raise ValueError(f"data.train_half must be 'a' or 'b', got {half!r}")
+    perm = np.random.default_rng(seed + 1).permutation(n)
+    return np.sort(perm[: n // 2] if half == "a" else perm[n // 2:])
 
 
 class MoleculeSet(Dataset):
@@ -137,11 +147,14 @@ class MoleculesDomain(Domain):
     # ---------------------------------------------------------------------------------------- data
     def _split(self, options: dict[str, Any], split: str) -> QM9Dataset:
         path = str(options.get("path", DEFAULT_PATH))
-        key = f"{path}|{split}|{options.get('max_molecules')}|{options.get('split_seed', 0)}"
+        half = options.get("train_half") if split == "train" else None
+        key = f"{path}|{split}|{options.get('max_molecules')}|{options.get('split_seed', 0)}|{half}"
         if key not in self._qm9:
             if path not in self._qm9:
                 self._qm9 = {path: load_qm9(path)}  # one-line ValueErrors (NaN, empty molecule, element) propagate
             view = self._qm9[path].split(split, seed=int(options.get("split_seed", 0)), as_view=True)
+            if half is not None:
+                view = view.subset(training_half(len(view), half, int(options.get("split_seed", 0))))
             cap = options.get("max_molecules")
             if cap is not None and int(cap) < len(view):
                 view = view.subset(np.sort(np.random.default_rng(0).permutation(len(view))[: int(cap)]))

@@ -325,6 +325,16 @@ class EGNNDynamics(_Configurable):
         """The network on checked inputs (t float64 [B], pairs row/col): tensor operations only, no host waits,
         so ``torch.compile`` captures it whole, forward and backward."""
         x = x_t[:, :N_DIMS].to(torch.promote_types(x_t.dtype, torch.float32))
+        h, x_cur = self.trunk(x_t, t, batch, row, col, context, n_graphs)
+        eps_h = self.embedding_out(h)[:, : self.in_node_nf]
+        eps_x = remove_mean(x_cur - x, batch, n_graphs)
+        return torch.cat([eps_x.to(x_t.dtype), eps_h.to(x_t.dtype)], dim=1)
+
+    def trunk(self, x_t: Tensor, t: Tensor, batch: Tensor, row: Tensor, col: Tensor, context: Tensor | None,
+              n_graphs: int) -> tuple[Tensor, Tensor]:
+        """(h [n, hidden] after the last block: E(3)-invariant atom features, x [n, 3] after the last coordinate
+        update: equivariant) on checked inputs; the ε-head and other heads (``property.PropertyPredictor``) read it."""
+        x = x_t[:, :N_DIMS].to(torch.promote_types(x_t.dtype, torch.float32))
         dtype = self.embedding.weight.dtype
         parts = [x_t[:, N_DIMS:].to(dtype)]
         if self.condition_time:
@@ -339,9 +349,7 @@ class EGNNDynamics(_Configurable):
         x_cur = x
         for block in self.blocks:
             h, x_cur = block(h, x_cur, row, col, d2_input, inv_degree, self.factorized_edges)
-        eps_h = self.embedding_out(h)[:, : self.in_node_nf]
-        eps_x = remove_mean(x_cur - x, batch, n_graphs)
-        return torch.cat([eps_x.to(x_t.dtype), eps_h.to(x_t.dtype)], dim=1)
+        return h, x_cur
 
     def compile_core(self, **options: Any) -> None:
         """Run :meth:`forward_core` through ``torch.compile(dynamic=True, **options)`` from now on.

@@ -1,0 +1,62 @@
+"""The EGNN property predictor (EDM's evaluator φ_c, EEGSDE's noise-aware g(x_t, t)): E(3) and permutation
+invariance, per-molecule independence, and that training fits real QM9 polarisabilities."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sciddpm.domains.molecules.adapter import MoleculesDomain
+from sciddpm.domains.molecules.property import PropertyPredictor, predict, train_property_predictor
+from tests.domains.molecules.test_backbones import _apply, _orthogonal
+
+SUBSET = Path(__file__).resolve().parents[2] / "data" / "qm9_subset.npz"
+OPTIONS = {"path": str(SUBSET), "conditioning": ["alpha"]}
+
+
+@pytest.fixture(scope="module")
+def data():
+    domain = MoleculesDomain(OPTIONS)
+    train = domain.train_dataset(OPTIONS)
+    return domain, train
+
+
+def test_invariant_to_rotation_reflection_translation_and_permutation(data):
+    domain, train = data
+    b = domain.collate([train[i] for i in range(6)])
+    torch.manual_seed(0)
+    net = PropertyPredictor(n_properties=1, hidden_nf=32, n_layers=3).eval()
+    with torch.no_grad():
+        ref = net(b.x, b.batch, b.num_graphs)
+        for det in (1.0, -1.0):
+            moved = _apply(b.x, _orthogonal(det, seed=3), torch.tensor([1.5, -2.0, 0.7]))
+            assert (net(moved, b.batch, b.num_graphs) - ref).abs().max() < 1e-4
+        perm = torch.randperm(b.x.shape[0], generator=torch.Generator().manual_seed(1))
+        assert (net(b.x[perm], b.batch[perm], b.num_graphs) - ref).abs().max() < 1e-4
+        alone = net(b.x[b.batch == 2], torch.zeros(int((b.batch == 2).sum()), dtype=torch.long), 1)
+        assert (alone - ref[2]).abs().max() < 1e-5
+    noisy = PropertyPredictor(noise_aware=True, hidden_nf=16, n_layers=2)
+    with pytest.raises(ValueError, match="needs t"):
+        noisy(b.x, b.batch, b.num_graphs)
+
+
+def test_training_fits_polarisability(data):
+    """On 48 real molecules, 300 steps (about 5 s) bring the MAE of α to under 0.55 of the MAE of predicting the
+    mean (measured: 0.44), on the molecules it saw."""
+    domain, train = data
+    items = [train[i] for i in range(48)]
+    loader = [domain.collate(items[k:k + 16]) for k in range(0, 48, 16)]
+    torch.manual_seed(0)
+    net = PropertyPredictor(n_properties=1, hidden_nf=32, n_layers=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        log = train_property_predictor(net, loader, seconds=120, max_steps=300, lr=1e-3)
+    finally:
+        torch.set_num_threads(threads)
+    assert log["steps"] == 300
+    pred, target = predict(net, domain.conditioning, loader)
+    mae = float((pred - target).abs().mean())
+    baseline = float((target - target.mean()).abs().mean())
+    assert mae < 0.55 * baseline, (mae, baseline)
