@@ -20,9 +20,9 @@ or ``{"type": "e3nn", **E3NNDynamics kwargs}``.
 Schedule: the domain's ``default_schedule`` is EDM's ``EDM_SCHEDULE`` (polynomial_2, 1000 steps, precision 1e-5),
 used whenever a training config names no schedule.
 
-Samples and their molecule index: the molecule layout lives in the sampling space (its graph ``batch`` index).
-``sample_condition(space)`` hands that index and the atom pairs to the network (``net(x, t, batch=..., num_graphs=...,
-edge_index=...)``), and
+Samples and their molecule index: the molecule layout lives in the sampling space (its graph ``batch`` index, and a
+conditional model's per-molecule conditions, ``MoleculeSpace.context``). ``sample_condition(space)`` hands them and
+the atom pairs to the network (``net(x, t, batch=..., num_graphs=..., edge_index=..., context=...)``), and
 ``write_samples`` / ``plot_samples`` / ``evaluate`` decode a flat state with the samples' ``space`` (the engine
 passes ``SamplerOutput.space``) or an explicit ``(samples, batch)`` tuple. The domain keeps no sampling state.
 """
@@ -124,10 +124,12 @@ class MoleculeNet(nn.Module):
                              context=context)
 
     def compile_core(self, **options: Any) -> None:
-        """Compile the backbone's tensor-only core (see ``EGNNDynamics.compile_core``)."""
-        if not hasattr(self.dynamics, "compile_core"):
-            raise ValueError(f"{type(self.dynamics).__name__} has no compile_core; compile it with torch.compile")
-        self.dynamics.compile_core(**options)
+        """Compile the backbone's tensor-only core (``EGNNDynamics.compile_core``); a backbone without one (the
+        e3nn network) is compiled whole, with dynamic shapes."""
+        if hasattr(self.dynamics, "compile_core"):
+            self.dynamics.compile_core(**options)
+        else:
+            self.dynamics.compile(dynamic=True, **options)
 
 
 @register_domain

@@ -11,7 +11,7 @@ with the L1 loss |ŷ − c̃|, whose MAD-scaled value is the MAE in the property
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,23 @@ class PropertyPredictor(nn.Module):
         per_atom = self.atom_mlp(h)
         pooled = torch.zeros((n_graphs, per_atom.shape[1]), dtype=per_atom.dtype, device=x.device)
         return self.graph_mlp(pooled.index_add_(0, batch, per_atom)).to(x.dtype)
+
+
+def property_energy(predictor: PropertyPredictor, context: Tensor, batch: Tensor, num_graphs: int,
+                    edge_index: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """EEGSDE's energy for a target property (Bao et al., ICLR 2023, §4.1): E(x_t, c, t) = ‖g(x_t, t) − c̃‖² per
+    molecule [B], with g a noise-aware predictor and c̃ the normalised targets ``context`` [B, k]. It is E(3)-invariant
+    (g is), so its gradient is equivariant; pass it to ``sciddpm.guidance.energy_guidance`` with the scale s."""
+    if not predictor.noise_aware:
+        raise ValueError("EEGSDE's energy needs a noise-aware predictor (PropertyPredictor(noise_aware=True))")
+    if context.dim() != 2 or context.shape[0] != num_graphs:
+        raise ValueError(f"context has shape {tuple(context.shape)}; expected ({num_graphs}, k)")
+
+    def energy(x: Tensor, t: Tensor) -> Tensor:
+        out = predictor(x, batch, num_graphs, t=t, edge_index=edge_index)
+        return (out - context.to(out.dtype)).square().sum(1)
+
+    return energy
 
 
 def predict(predictor: PropertyPredictor, conditioning: PropertyConditioning, batches: Iterable[Any],
@@ -114,4 +131,4 @@ def train_property_predictor(predictor: PropertyPredictor, loader: Iterable[Any]
                 print(f"  [property] step {step}, {time.perf_counter() - start:.0f} s, L1 {final:.4f}", flush=True)
 
 
-__all__ = ["PropertyPredictor", "predict", "train_property_predictor"]
+__all__ = ["PropertyPredictor", "predict", "property_energy", "train_property_predictor"]
