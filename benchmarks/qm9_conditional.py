@@ -177,12 +177,21 @@ def main() -> None:
         guide.eval()
 
     published = EDM_TABLE3.get(field, {})
-    rows, sampling = [], {}
+    rows, sampling, failed = [], {}, []
+
+    unguided: list[torch.Tensor] = []
 
     def add(name: str, err: torch.Tensor, edm_key: str, what: str, quality: dict | None = None) -> None:
-        err = err * factor
+        err = (err * factor).flatten()
+        paired = "—"
+        if quality is not None and unguided and len(unguided[0]) == len(err) == args.n:
+            diff = err - unguided[0]  # same molecules (draws, noise) as the unguided row: a paired difference
+            paired = f"{float(diff.mean()):+.3f} ± {float(diff.std() / len(diff) ** 0.5):.3f}"
+        elif quality is not None:
+            unguided.append(err)
         rows.append({"row": name, f"MAE ({unit})": round(float(err.mean()), 4),
-                     f"median AE ({unit})": round(float(err.median()), 4),
+                     "± SE": round(float(err.std() / len(err) ** 0.5), 4),
+                     f"median AE ({unit})": round(float(err.median()), 4), "Δ MAE vs unguided (paired ± SE)": paired,
                      "EDM Table 3 (MAE)": published.get(edm_key, "—"),
                      "atom_stability": round(quality["atom_stability"], 4) if quality else "—",
                      "validity": round(quality["validity"], 4) if quality else "—", "meaning": what})
@@ -197,6 +206,7 @@ def main() -> None:
             x, space = draw(model, args.n, args.steps, args.seed, device, scale, guide)
         except ValueError as err:  # e.g. the guidance energy overflowing on diverged states
             rows.append({"row": name, f"MAE ({unit})": f"failed: {err}"})
+            failed.append(name)
             continue
         sampling[name] = round(time.perf_counter() - t0, 1)
         err, kept, quality = score(model, evaluator, domain_a, x, space, device)
@@ -219,7 +229,13 @@ def main() -> None:
              f"{ref_info['n_reference']} random D_b molecules; atom_stability / validity are EDM's metrics of the "
              "generated molecules. EDM Table 3 is EDM's evaluator on its own 50k/50k halves after ~3000 epochs; the "
              "rows here are minutes of training on this machine, so read them against this run's references: below "
-             f"#Atoms means the structure carries the property beyond the atom count. Device: {device}.")
+             "#Atoms means the structure carries the property beyond the atom count. ± SE: the standard error of "
+             "the MAE over the row's molecules; Δ MAE vs unguided: the mean paired difference of each molecule's "
+             "absolute error from the unguided row's (same draws and noise; valid when every molecule is finite), "
+             f"with its standard error. Device: {device}."
+             + (f" Failed rows ({', '.join(failed)}): the guided sampler stopped when the energy became non-finite, "
+                "i.e. the states diverged: the guidance term s σ_t ∇E was too large for this many DDPM steps." if failed
+                else ""))
     write_results(f"qm9_conditional_{args.property}", rows, title=f"Conditional EDM on QM9: {field}", notes=notes,
                   extra={"info": info}, **({"results_dir": args.results_dir} if args.results_dir else {}))
 
