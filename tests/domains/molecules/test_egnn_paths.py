@@ -3,32 +3,18 @@ concatenated one, pairs given by the collate against pairs built in the forward,
 eager one; the checks wait for the device once per call; bad pairs get a one-line error."""
 from __future__ import annotations
 
-import collections
 import copy
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.qm9_train_step import OpCounter  # counts ATen operators; _local_scalar_dense = a host read
 from sciddpm.domains.molecules.adapter import MoleculesDomain
 from sciddpm.domains.molecules.backbone import EGNNDynamics, fully_connected_edges, pair_linear
 
 SUBSET = Path(__file__).resolve().parents[2] / "data" / "qm9_subset.npz"
 F = 6
-
-
-class _OpCounter(TorchDispatchMode):
-    """Counts the ATen operators a block of code dispatches (``_local_scalar_dense`` = a host read of a tensor:
-    ``bool()``, ``int()``, ``.item()``, which on a GPU waits for every queued kernel)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +93,7 @@ def test_one_host_wait_per_call(domain_batch):
     t = torch.full((batch.num_graphs,), 500.0, dtype=torch.float64)
     for check, waits in ((True, 1), (False, 0)):
         net = _net(check_inputs=check)
-        with _OpCounter() as ops:
+        with OpCounter() as ops:
             net(batch.x, t, batch=batch.batch, num_graphs=batch.num_graphs, edge_index=batch.edge_index)
         assert ops.counts["aten._local_scalar_dense"] == waits
         assert ops.counts["aten.repeat_interleave"] == ops.counts["aten.bincount"] == 0
