@@ -125,6 +125,9 @@ def _value_checks(x: Tensor, t: Tensor, batch: Tensor, num_graphs: int,
         n = batch.shape[0]
         inside = ((edge_index >= 0) & (edge_index < n)).all()
         checks.append((inside, f"edge_index values must lie in [0, {n}) (the atoms of x_t)"))
+        counts = node_counts(batch, num_graphs)
+        checks.append(((counts * (counts - 1)).sum() == edge_index.shape[1],
+                       f"edge_index has {edge_index.shape[1]} pairs; a fully connected batch has sum n(n - 1)"))
         if n:
             row, col = edge_index.clamp(0, n - 1)
             checks.append((((batch[row] == batch[col]) & (row != col)).all() | ~inside,

@@ -104,6 +104,7 @@ def test_one_host_wait_per_call(domain_batch):
     ("self", "an atom with itself"),
     ("range", r"edge_index values must lie in \[0, "),
     ("shape", r"edge_index has shape \(3, "),
+    ("missing", "a fully connected batch has sum n"),
 ])
 def test_bad_edge_index(domain_batch, bad, match):
     _, batch = domain_batch
@@ -115,6 +116,8 @@ def test_bad_edge_index(domain_batch, bad, match):
         edges[1, 0] = edges[0, 0]
     elif bad == "range":
         edges[0, 3] = n
+    elif bad == "missing":
+        edges = edges[:, 1:]
     else:
         edges = torch.cat([edges, edges[:1]])
     t = torch.full((batch.num_graphs,), 500.0, dtype=torch.float64)
