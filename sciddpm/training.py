@@ -171,16 +171,17 @@ def _shard_seed(seed: int, step: int, shard: int) -> int:
     return (seed * 1_000_003 + step * 7919 + shard * 104_729) % (2**63 - 1)
 
 
-def compile_network(net: torch.nn.Module) -> None:
+def compile_network(net: torch.nn.Module, **options: Any) -> None:
     """``torch.compile`` a backbone in place, for training speed: the first of its modules that offers
     ``compile_core()`` (a tensor-only core with dynamic shapes, e.g. the molecules' EGNN) compiles that; any other
     network is compiled whole (``nn.Module.compile(dynamic=True)``). Parameters and checkpoint keys are unchanged.
-    On a GPU this fuses element-wise kernels (fewer launches per step); the first step pays the compilation."""
+    On a GPU this fuses element-wise kernels (fewer launches per step); the first step pays the compilation.
+    ``options`` go to ``torch.compile`` (e.g. ``backend``, ``mode``)."""
     for module in net.modules():
         if callable(getattr(module, "compile_core", None)):
-            module.compile_core()
+            module.compile_core(**options)
             return
-    net.compile(dynamic=True)
+    net.compile(dynamic=True, **options)
 
 
 class DiffusionModule(L.LightningModule):

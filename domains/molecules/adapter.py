@@ -124,12 +124,9 @@ class MoleculeNet(nn.Module):
                              context=context)
 
     def compile_core(self, **options: Any) -> None:
-        """Compile the backbone's tensor-only core (``EGNNDynamics.compile_core``); a backbone without one (the
-        e3nn network) is compiled whole, with dynamic shapes."""
-        if hasattr(self.dynamics, "compile_core"):
-            self.dynamics.compile_core(**options)
-        else:
-            self.dynamics.compile(dynamic=True, **options)
+        """Compile the backbone's tensor-only core (``forward_core`` of the EGNN or the e3nn network, dynamic
+        shapes); the input checks stay eager."""
+        self.dynamics.compile_core(**options)
 
 
 @register_domain

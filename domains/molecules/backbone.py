@@ -154,6 +154,34 @@ class _Configurable(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+class _CheckedCore(_Configurable):
+    """A molecule network split in two: ``forward`` checks the call on the host (:func:`check_inputs`, one device
+    wait) and builds the atom pairs, then runs the tensor-only ``forward_core(x_t, t, batch, receiver, sender,
+    context, n_graphs)``, which :meth:`compile_core` can hand to ``torch.compile`` whole (no host waits inside)."""
+
+    _core: Any = None  # set by compile_core: the compiled type(self).forward_core
+
+    def _checked_call(self, x_t: Tensor, t: Tensor | float, batch: Tensor | None, context: Tensor | None,
+                      num_graphs: int | None, edge_index: Tensor | None) -> Tensor:
+        """Check the inputs, build the pairs when ``edge_index`` is None, run the (compiled) core."""
+        t, n_graphs = check_inputs(x_t, t, batch, self.in_node_nf, self.context_nf, context, num_graphs, self.check,
+                                   edge_index)
+        receiver, sender = (fully_connected_edges(batch, n_graphs) if edge_index is None
+                            else (edge_index[0], edge_index[1]))
+        core = self._core if self._core is not None else type(self).forward_core
+        return core(self, x_t, t, batch, receiver, sender, context, n_graphs)
+
+    def compile_core(self, **options: Any) -> None:
+        """Run ``forward_core`` through ``torch.compile(dynamic=True, **options)`` from now on.
+
+        Dynamic shapes: the atom and pair counts change every batch, and one compiled graph serves them all. On a
+        GPU (Inductor/Triton) this fuses the element-wise work around the matrix products into a few kernels per
+        layer, so a training step launches far fewer kernels. The compiled function is shared by copies of the
+        network (``copy.deepcopy``, the EMA), and checkpoints are unchanged. The first call compiles (tens of
+        seconds to minutes)."""
+        self._core = torch.compile(type(self).forward_core, dynamic=True, **options)
+
+
 # ==================================================================================================
 # EGNN
 # ==================================================================================================
@@ -264,7 +292,7 @@ def coord2diff(x: Tensor, row: Tensor, col: Tensor, norm_constant: float = 1.0) 
         return d2, diff / (torch.sqrt(d2 + 1e-8) + norm_constant)
 
 
-class EGNNDynamics(_Configurable):
+class EGNNDynamics(_CheckedCore):
     """EDM's EGNN ε-network for molecules (``EGNN_dynamics_QM9`` with ``egnn_dynamics`` mode) on flat batches.
 
     ``net(x_t [n, 3+F], t [B], batch=[n], context=[B, context_nf] | None, num_graphs=None, edge_index=None)
@@ -297,7 +325,6 @@ class EGNNDynamics(_Configurable):
         self.in_node_nf, self.context_nf, self.time_scale = in_node_nf, context_nf, float(time_scale)
         self.condition_time, self.check, self.aggregation_method = condition_time, check_inputs, aggregation_method
         self.factorized_edges = factorized_edges
-        self._core: Any = None  # set by compile_core: a torch.compile'd EGNNDynamics.forward_core
         nf = in_node_nf + int(condition_time) + context_nf
         self.embedding = nn.Linear(nf, hidden_nf)
         self.embedding_out = nn.Linear(hidden_nf, nf)
@@ -314,14 +341,7 @@ class EGNNDynamics(_Configurable):
         built here from ``batch``. Inputs are checked (one device wait, see :func:`check_inputs`), then the
         tensor-only :meth:`forward_core` runs, compiled if :meth:`compile_core` was called.
         """
-        t, n_graphs = check_inputs(x_t, t, batch, self.in_node_nf, self.context_nf, context, num_graphs, self.check,
-                                   edge_index)
-        if edge_index is None:
-            row, col = fully_connected_edges(batch, n_graphs)
-        else:
-            row, col = edge_index[0], edge_index[1]
-        core = self._core if self._core is not None else EGNNDynamics.forward_core
-        return core(self, x_t, t, batch, row, col, context, n_graphs)
+        return self._checked_call(x_t, t, batch, context, num_graphs, edge_index)
 
     def forward_core(self, x_t: Tensor, t: Tensor, batch: Tensor, row: Tensor, col: Tensor, context: Tensor | None,
                      n_graphs: int) -> Tensor:
@@ -353,16 +373,6 @@ class EGNNDynamics(_Configurable):
         for block in self.blocks:
             h, x_cur = block(h, x_cur, row, col, d2_input, inv_degree, self.factorized_edges)
         return h, x_cur
-
-    def compile_core(self, **options: Any) -> None:
-        """Run :meth:`forward_core` through ``torch.compile(dynamic=True, **options)`` from now on.
-
-        Dynamic shapes: the atom and pair counts change every batch, and one compiled graph serves them all. On a
-        GPU (Inductor/Triton) this fuses the element-wise work around the matrix products into a few kernels per
-        layer, so a training step launches far fewer kernels. The compiled function is shared by copies of the
-        network (``copy.deepcopy``, the EMA), and checkpoints are unchanged. The first call compiles (tens of
-        seconds to minutes)."""
-        self._core = torch.compile(EGNNDynamics.forward_core, dynamic=True, **options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self._config.items()

@@ -26,7 +26,7 @@ from e3nn.math import soft_one_hot_linspace
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 
-from .backbone import N_DIMS, _Configurable, check_inputs, fully_connected_edges, node_counts, remove_mean
+from .backbone import N_DIMS, _CheckedCore, node_counts, remove_mean
 
 
 class PointConvolution(nn.Module):
@@ -55,7 +55,7 @@ def _gate(irreps_hidden: o3.Irreps) -> Gate:
     return Gate(scalars, acts, gates, [torch.sigmoid] * len(gates), gated)
 
 
-class E3NNDynamics(_Configurable):
+class E3NNDynamics(_CheckedCore):
     """An e3nn tensor-field ε-network for molecules: ``n_layers`` gated point convolutions, fully connected
     within each molecule, output 1x1o (positions, zero-CoM) ⊕ Fx0e (features)."""
 
@@ -78,6 +78,7 @@ class E3NNDynamics(_Configurable):
         self.check = check_inputs
         self.num_basis, self.max_radius, self.num_neighbors = num_basis, float(max_radius), num_neighbors
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         irreps = o3.Irreps(f"{in_node_nf + 1 + context_nf}x0e")
         hidden = o3.Irreps(irreps_hidden).simplify()
         self.convs, self.gates, self.residual = nn.ModuleList(), nn.ModuleList(), []
@@ -95,18 +96,21 @@ class E3NNDynamics(_Configurable):
     def forward(self, x_t: Tensor, t: Tensor | float, batch: Tensor | None = None, context: Tensor | None = None,
                 num_graphs: int | None = None, edge_index: Tensor | None = None) -> Tensor:
         """ε̂(x_t, t): the 1o output (minus its per-molecule mean) ⊕ the Fx0e output. ``edge_index`` [2, n_pairs]
-        (receiver, sender): every ordered pair of distinct atoms per molecule, built from ``batch`` if omitted."""
-        t, n_graphs = check_inputs(x_t, t, batch, self.in_node_nf, self.context_nf, context, num_graphs, self.check,
-                                   edge_index)
+        (receiver, sender): every ordered pair of distinct atoms per molecule, built from ``batch`` if omitted. The
+        inputs are checked, then the tensor-only :meth:`forward_core` runs (compiled after :meth:`compile_core`)."""
+        return self._checked_call(x_t, t, batch, context, num_graphs, edge_index)
+
+    def forward_core(self, x_t: Tensor, t: Tensor, batch: Tensor, dst: Tensor, src: Tensor, context: Tensor | None,
+                     n_graphs: int) -> Tensor:
+        """The network on checked inputs (t float64 [B], pairs dst ← src): tensor operations only, no host waits."""
         dtype = self.output_gain.dtype  # the parameters' dtype
         x = x_t[:, :N_DIMS].to(dtype)
         parts = [x_t[:, N_DIMS:].to(dtype), (t / self.time_scale).to(dtype)[batch].unsqueeze(1)]
         if self.context_nf:
             parts.append(context.to(dtype)[batch])
         f = torch.cat(parts, dim=1)
-        dst, src = fully_connected_edges(batch, n_graphs) if edge_index is None else (edge_index[0], edge_index[1])
         vec = x[dst] - x[src]
-        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
+        sh = self.spherical_harmonics(vec)
         basis = soft_one_hot_linspace(vec.norm(dim=1), 0.0, self.max_radius, self.num_basis,
                                       basis="smooth_finite", cutoff=True) * math.sqrt(self.num_basis)
         if self.num_neighbors is None:  # mean over neighbours: 1/degree (degree = atoms in the molecule − 1)

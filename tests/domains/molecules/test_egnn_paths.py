@@ -1,6 +1,7 @@
-"""EGNN's faster execution paths compute the same network: the per-atom (factorized) first edge layer against the
-concatenated one, pairs given by the collate against pairs built in the forward, the compiled core against the
-eager one; the checks wait for the device once per call; bad pairs get a one-line error."""
+"""The molecule networks' faster execution paths compute the same network: EGNN's per-atom (factorized) first edge
+layer against the concatenated one, pairs given by the collate against pairs built in the forward, the compiled
+core (EGNN and e3nn) against the eager one; the checks wait for the device once per call; bad pairs get a one-line
+error."""
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ import torch
 from benchmarks.qm9_train_step import OpCounter  # counts ATen operators; _local_scalar_dense = a host read
 from sciddpm.domains.molecules.adapter import MoleculesDomain
 from sciddpm.domains.molecules.backbone import EGNNDynamics, fully_connected_edges, pair_linear
+from sciddpm.domains.molecules.e3nn_backbone import E3NNDynamics
 
 SUBSET = Path(__file__).resolve().parents[2] / "data" / "qm9_subset.npz"
 F = 6
@@ -125,16 +127,23 @@ def test_bad_edge_index(domain_batch, bad, match):
         _net()(batch.x, t, batch=batch.batch, num_graphs=batch.num_graphs, edge_index=edges)
 
 
-def test_compiled_core_matches_eager_across_sizes(domain_batch):
+def _e3nn_net() -> E3NNDynamics:
+    torch.manual_seed(0)
+    return E3NNDynamics(in_node_nf=F, irreps_hidden="8x0e + 2x1o", n_layers=2, num_basis=4, radial_neurons=16)
+
+
+@pytest.mark.parametrize("build", [_net, _e3nn_net], ids=["egnn", "e3nn"])
+def test_compiled_core_matches_eager_across_sizes(domain_batch, build):
     """torch.compile (Inductor, dynamic shapes) of the core: same outputs and gradients as eager on two batches of
     different atom and pair counts, one compiled graph for both, and a deep copy (the EMA) runs it too."""
     domain, batch = domain_batch
     data = domain.train_dataset({"path": str(SUBSET)})
     other = domain.collate([data[i] for i in range(20, 27)])
     assert other.x.shape[0] != batch.x.shape[0]
-    eager, compiled = _net(), _net()
+    eager, compiled = build(), build()
     compiled.compile_core()
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     for b in (batch, other):
         out_e, grads_e = _forward_and_grads(eager, b, edge_index=b.edge_index)
         out_c, grads_c = _forward_and_grads(compiled, b, edge_index=b.edge_index)
@@ -178,3 +187,32 @@ def test_engine_compile_option_trains_like_eager(tmp_path):
     want, got = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
     assert len(want) == len(got) == 3
     assert max(abs(a - b) / abs(a) for a, b in zip(got, want)) < 1e-4, (got, want)
+
+
+@pytest.mark.parametrize("kind", ["egnn", "e3nn"])
+def test_compile_network_hands_the_core_to_the_compiler(domain_batch, kind):
+    """The engine's ``compile: true`` (``compile_network``) compiles the tensor-only core of either backbone, whole
+    (one captured graph, no graph breaks), and the compiled network computes the eager one's output with the same
+    checkpoint keys. The backend is dynamo's frame counter (graphs captured, then run eagerly), so this checks what
+    reaches the compiler; Inductor itself is tested above and in tests/test_gpu.py."""
+    from torch._dynamo.testing import CompileCounter
+
+    from sciddpm.training import compile_network
+
+    domain, batch = domain_batch
+    config = {"type": kind, "n_layers": 2} if kind == "egnn" else {
+        "type": kind, "irreps_hidden": "8x0e + 2x1o", "n_layers": 2, "num_basis": 4, "radial_neurons": 16}
+    torch.manual_seed(0)
+    eager = domain.build_backbone(config)
+    compiled = copy.deepcopy(eager)
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compile_network(compiled, backend=counter)
+    t = torch.linspace(10.0, 990.0, batch.num_graphs, dtype=torch.float64)
+    kw = dict(batch=batch.batch, num_graphs=batch.num_graphs, edge_index=batch.edge_index)
+    with torch.no_grad():
+        _assert_close(compiled(batch.x, t, **kw), eager(batch.x, t, **kw))
+    assert compiled.dynamics._core is not None and eager.dynamics._core is None
+    assert counter.frame_count == 1, f"{counter.frame_count} graphs captured (graph breaks in the core)"
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    torch._dynamo.reset()
