@@ -96,18 +96,20 @@ def test_molecule_backbone_cuda(name, molecules):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_egnn_compiled_core_and_host_waits_cuda():
-    """The EGNN's compiled core (Inductor/Triton, dynamic shapes) agrees with eager on CUDA, forward and gradients,
-    on two batches of different sizes; with the collate's pairs, a forward with checks off never waits for the GPU
-    (``torch.cuda.set_sync_debug_mode('error')`` raises on any synchronising call)."""
+@pytest.mark.parametrize("name", ["egnn", "e3nn"])
+def test_molecule_compiled_core_and_host_waits_cuda(name):
+    """The compiled core (Inductor/Triton, dynamic shapes) of the EGNN and of the e3nn network agrees with eager on
+    CUDA, forward and gradients, on two batches of different sizes; with the collate's pairs, a forward and backward
+    with checks off never waits for the GPU (``torch.cuda.set_sync_debug_mode('error')`` raises on any
+    synchronising call)."""
     from sciddpm.domains.molecules.adapter import MoleculesDomain
 
     domain = MoleculesDomain({"path": str(SUBSET)})
     data = domain.train_dataset({"path": str(SUBSET)})
     batches = [domain.collate([data[i] for i in range(a, b)]).to(CUDA) for a, b in ((0, 12), (20, 27))]
     torch.manual_seed(0)
-    eager = EGNNDynamics(in_node_nf=6, hidden_nf=32, n_layers=3).to(CUDA)
-    compiled = EGNNDynamics(in_node_nf=6, hidden_nf=32, n_layers=3).to(CUDA)
+    eager = MOLECULE_NETS[name]().to(CUDA)
+    compiled = MOLECULE_NETS[name]().to(CUDA)
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_core()
     for b in batches:
@@ -121,7 +123,8 @@ def test_egnn_compiled_core_and_host_waits_cuda():
             grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
         assert (outs[1] - outs[0]).abs().max() < 1e-4 * outs[0].abs().max()
         assert (grads[1] - grads[0]).abs().max() < 1e-3 * grads[0].abs().max()
-    quiet = EGNNDynamics(in_node_nf=6, hidden_nf=32, n_layers=3, check_inputs=False).to(CUDA)
+    quiet = MOLECULE_NETS[name]().to(CUDA)
+    quiet.check = False
     b = batches[0]
     t = torch.full((b.num_graphs,), 500.0, dtype=torch.float64, device=CUDA)
     torch.cuda.synchronize()
