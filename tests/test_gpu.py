@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = {"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [14],
              "dropout": 0.0, "norm_groups": 8}
 
-MOLECULE_NETS = {
-    "egnn": lambda: EGNNDynamics(in_node_nf=6, hidden_nf=32, n_layers=3, time_scale=1000),
-    "egnn_paper": lambda: edm_qm9_egnn(),
-    "e3nn": lambda: E3NNDynamics(in_node_nf=6, irreps_hidden="16x0e + 4x1o + 4x1e", n_layers=3, num_basis=8,
-                                 radial_neurons=32, time_scale=1000),
+MOLECULE_NETS = {  # keywords (e.g. check_inputs=False) go to the network's constructor
+    "egnn": lambda **kw: EGNNDynamics(in_node_nf=6, hidden_nf=32, n_layers=3, time_scale=1000, **kw),
+    "egnn_paper": lambda **kw: edm_qm9_egnn(**kw),
+    "e3nn": lambda **kw: E3NNDynamics(in_node_nf=6, irreps_hidden="16x0e + 4x1o + 4x1e", n_layers=3, num_basis=8,
+                                      radial_neurons=32, time_scale=1000, **kw),
 }
 IMAGE_NETS = {
     "unet": lambda: UNet(**TINY_UNET, zero_init=False),
@@ -123,8 +123,7 @@ def test_molecule_compiled_core_and_host_waits_cuda(name):
             grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
         assert (outs[1] - outs[0]).abs().max() < 1e-4 * outs[0].abs().max()
         assert (grads[1] - grads[0]).abs().max() < 1e-3 * grads[0].abs().max()
-    quiet = MOLECULE_NETS[name]().to(CUDA)
-    quiet.check = False
+    quiet = MOLECULE_NETS[name](check_inputs=False).to(CUDA)
     b = batches[0]
     t = torch.full((b.num_graphs,), 500.0, dtype=torch.float64, device=CUDA)
     torch.cuda.synchronize()

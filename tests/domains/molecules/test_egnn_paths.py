@@ -127,9 +127,13 @@ def test_bad_edge_index(domain_batch, bad, match):
         _net()(batch.x, t, batch=batch.batch, num_graphs=batch.num_graphs, edge_index=edges)
 
 
+#: A small e3nn network (the compile tests build it directly and through the domain).
+SMALL_E3NN = {"irreps_hidden": "8x0e + 2x1o", "n_layers": 2, "num_basis": 4, "radial_neurons": 16}
+
+
 def _e3nn_net() -> E3NNDynamics:
     torch.manual_seed(0)
-    return E3NNDynamics(in_node_nf=F, irreps_hidden="8x0e + 2x1o", n_layers=2, num_basis=4, radial_neurons=16)
+    return E3NNDynamics(in_node_nf=F, **SMALL_E3NN)
 
 
 @pytest.mark.parametrize("build", [_net, _e3nn_net], ids=["egnn", "e3nn"])
@@ -200,8 +204,7 @@ def test_compile_network_hands_the_core_to_the_compiler(domain_batch, kind):
     from sciddpm.training import compile_network
 
     domain, batch = domain_batch
-    config = {"type": kind, "n_layers": 2} if kind == "egnn" else {
-        "type": kind, "irreps_hidden": "8x0e + 2x1o", "n_layers": 2, "num_basis": 4, "radial_neurons": 16}
+    config = {"type": kind, **({"n_layers": 2} if kind == "egnn" else SMALL_E3NN)}
     torch.manual_seed(0)
     eager = domain.build_backbone(config)
     compiled = copy.deepcopy(eager)
