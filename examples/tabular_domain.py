@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from sciddpm.domain import Domain, register_domain
 from sciddpm.oracle import sliced_wasserstein2
+from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "tests" / "data" / "batadal_subset.csv"
@@ -71,7 +72,7 @@ class TabularDomain(Domain):
     def collate(self, items: list[Any]) -> Tensor:
         return torch.stack([item[0] for item in items])
 
-    def build_backbone(self, config: dict[str, Any]) -> nn.Module:
+    def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
         return TimeMLP(len(self.mean), **config)
 
     def space_for(self, batch: Tensor) -> DenseSpace:

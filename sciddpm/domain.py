@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .schedules import NoiseSchedule
 from .spaces import Space
 
 
@@ -34,8 +35,11 @@ class Domain(ABC):
         self.options = dict(options or {})
 
     @abstractmethod
-    def build_backbone(self, config: dict[str, Any]) -> nn.Module:
-        """The network, called as ``net(x_t, t, **condition)`` with t float64 [B] in the schedule's units."""
+    def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
+        """The network, called as ``net(x_t, t, **condition)`` with t float64 [B] in the schedule's units.
+
+        ``schedule`` is the model's noise schedule (None: ``schedule_from_config(default_schedule)``); a backbone
+        turns t into its time feature through it, never through a guessed time scale."""
 
     @abstractmethod
     def space_for(self, batch: Any) -> Space:

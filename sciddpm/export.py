@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .domain import Domain, domain_class
 from .objectives import PARAMETERIZATIONS
-from .schedules import schedule_from_config
+from .schedules import NoiseSchedule, schedule_from_config
 from .training import DiffusionModel, DiffusionModule, config_from_dict
 
 EXPORT_FORMAT = "sciddpm-export"
@@ -73,10 +73,10 @@ def _sha256(path: Path) -> str:
 
 
 def _build(domain_name: str, options: dict, domain_tensors: dict[str, Tensor], backbone: dict,
-           net_state: dict[str, Tensor], source: Path) -> tuple[Domain, nn.Module]:
+           net_state: dict[str, Tensor], source: Path, schedule: NoiseSchedule) -> tuple[Domain, nn.Module]:
     domain = domain_class(domain_name)(options)
     domain.load_state_tensors(domain_tensors)
-    net = domain.build_backbone(backbone)
+    net = domain.build_backbone(backbone, schedule)
     try:
         net.load_state_dict(net_state)
     except RuntimeError as exc:
@@ -121,7 +121,7 @@ def load(path: str | Path) -> DiffusionModel:
 
     try:
         domain, net = _build(config["domain"], config["domain_options"], part("domain."), config["backbone"],
-                             part("net."), weights)
+                             part("net."), weights, schedule)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: export does not match its domain ({exc})") from None
     return DiffusionModel(domain, net, schedule, config["parameterization"], config["train_config"], part("variance."))
@@ -139,9 +139,10 @@ def _load_checkpoint(path: Path) -> DiffusionModel:
         raise
     except Exception as exc:  # unpickling errors, EOF on truncation, missing keys
         raise ValueError(f"corrupt checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    domain, net = _build(cfg.domain, options, dom, cfg.backbone, net_state, path)
-    return DiffusionModel(domain, net, schedule_from_config(cfg.schedule or domain.default_schedule),
-                          cfg.parameterization, asdict(cfg))
+    domain_cls = domain_class(cfg.domain)
+    schedule = schedule_from_config(cfg.schedule or domain_cls.default_schedule)
+    domain, net = _build(cfg.domain, options, dom, cfg.backbone, net_state, path, schedule)
+    return DiffusionModel(domain, net, schedule, cfg.parameterization, asdict(cfg))
 
 
 __all__ = ["export_model", "load", "save_variances", "EXPORT_FORMAT", "EXPORT_VERSION"]

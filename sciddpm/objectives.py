@@ -94,6 +94,25 @@ def eps_predictor(model: Callable[..., Tensor], schedule: NoiseSchedule, space: 
     return eps_fn
 
 
+def forward_noise(schedule: NoiseSchedule, space: Space, x0: Tensor, t: Tensor, eps: Tensor | None = None, *,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The forward (noising) process q(x_t | x₀), the one place it is written:
+
+        x_t = space.project(α_t x₀ + σ_t ε),   ε ~ space.noise()  (Ho et al. 2020, eq. 4; Song et al. 2021),
+
+    so padding stays zero, centres of mass stay at zero and angles are wrapped onto the torus. ``t`` is a scalar
+    or per-sample [B] (float64, the schedule's units); ``eps`` is drawn from the space's own noise when not given.
+    Returns (x_t, ε) in x₀'s dtype. The regression target that belongs to x_t is ``space.eps_target``.
+    """
+    space.check(x0, name="x0")
+    if eps is None:
+        eps = space.noise(generator=generator, dtype=x0.dtype)
+    else:
+        space.check(eps, name="eps")
+    alpha, sigma = coefficients(schedule, space, t, x0.dtype)
+    return space.project(alpha * x0 + sigma * eps), eps
+
+
 # ==================================================================================================
 # Weightings and time sampling
 # ==================================================================================================
@@ -169,9 +188,10 @@ def denoising_loss(model: Callable[..., Tensor], schedule: NoiseSchedule, space:
                    **condition: Any) -> LossOutput:
     """Denoising score matching (Vincent 2011; Ho et al. 2020; Song et al. 2021) through the space:
 
-        L = E_t E_ε [ w(t) ‖ε − ε̂(α_t x₀ + σ_t ε, t)‖² / d ],   ε ~ space.noise(),
+        L = E_t E_ε [ w(t) ‖ε* − ε̂(x_t, t)‖² / d ],   x_t = forward_noise(x₀, t, ε),  ε ~ space.noise(),
 
-    with w from ``loss_weight``; t uniform, or importance-sampled ∝ w(t) with the matching correction.
+    with ε* = ``space.eps_target`` (ε itself in linear spaces; −σ_t ∇log p_WN(x_t | x₀) on the torus, where the
+    noising wraps) and w from ``loss_weight``; t uniform, or importance-sampled ∝ w(t) with the matching correction.
     """
     space.check(x0, name="x0")
     if not torch.isfinite(x0).all():
@@ -179,11 +199,11 @@ def denoising_loss(model: Callable[..., Tensor], schedule: NoiseSchedule, space:
     x0 = space.project(x0)
     t, corr = sample_times(schedule, space.batch_size, importance=weighting if importance_sampling else None,
                            min_snr_gamma=min_snr_gamma, generator=generator, device=space.device)
-    eps = space.noise(generator=generator, dtype=x0.dtype)
+    x_t, eps = forward_noise(schedule, space, x0, t, generator=generator)
     alpha, sigma = coefficients(schedule, space, t, x0.dtype)
-    x_t = alpha * x0 + sigma * eps
+    target = space.eps_target(x0, x_t, eps, alpha, sigma)
     eps_hat = eps_predictor(model, schedule, space, parameterization, **condition)(x_t, t)
-    mse = space.mean_square_per_sample(eps - eps_hat)
+    mse = space.mean_square_per_sample(target - eps_hat)
     w = corr if importance_sampling else loss_weight(schedule, t, weighting, min_snr_gamma)
     per_sample = w.to(mse.dtype) * mse
     return LossOutput(per_sample.mean(), per_sample, t)

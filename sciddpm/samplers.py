@@ -124,8 +124,9 @@ def check_grid(schedule: NoiseSchedule, grid: Tensor) -> None:
 
 def prior_sample(schedule: NoiseSchedule, space: Space, generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float32) -> Tensor:
-    """x_T ~ N(0, prior_std² I) in the space."""
-    return schedule.prior_std * space.noise(generator=generator, dtype=dtype)
+    """x_T from the prior of ``space`` at the schedule's noise end: N(0, prior_std² I) (``Space.prior``; the torus
+    draws uniform angles)."""
+    return space.prior(schedule.prior_std, generator=generator, dtype=dtype)
 
 
 def _prepare(schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor) -> Tensor:

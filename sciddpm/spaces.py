@@ -15,9 +15,11 @@ and a flat graph batch of the same molecules receive identical noise from the sa
 """
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
-from typing import Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -72,9 +74,47 @@ class Space(ABC):
             raise ValueError(f"{name} has shape {tuple(x.shape)} but the space expects {tuple(self.shape)}")
         return x
 
-    @abstractmethod
+    #: Per-sample conditions carried with the batch (name → tensor whose leading axis is the batch, or a plain
+    #: value shared by the batch): a class label, a low-resolution image, a partial point cloud, a temperature, a
+    #: history window. Samplers never read it; the domain turns it into network inputs
+    #: (``Domain.network_condition``) and decodes or scores samples with it. Empty by default.
+    condition: Mapping[str, Any] = MappingProxyType({})
+
+    def with_condition(self, condition: Mapping[str, Any] | None = None, **more: Any) -> "Space":
+        """A copy of this space that also carries ``condition`` (merged over the current one). Tensors must have
+        the batch as their leading axis; ValueError naming the key otherwise."""
+        merged = {**self.condition, **(condition or {}), **more}
+        for key, value in merged.items():
+            if isinstance(value, Tensor) and (value.dim() == 0 or value.shape[0] != self.batch_size):
+                raise ValueError(f"condition {key!r} has shape {tuple(value.shape)}; its leading axis must be the "
+                                 f"batch size {self.batch_size}")
+        out = copy.copy(self)
+        out.condition = MappingProxyType(merged)
+        return out
+
     def to(self, device: torch.device | str) -> "Space":
-        """The same space with its index tensors on ``device`` (states and noise are then made there)."""
+        """The same space with its index tensors and condition tensors on ``device`` (states and noise are then
+        made there)."""
+        moved = self._to(device)
+        if self.condition:
+            moved.condition = MappingProxyType({k: v.to(device) if isinstance(v, Tensor) else v
+                                                for k, v in self.condition.items()})
+        return moved
+
+    @abstractmethod
+    def _to(self, device: torch.device | str) -> "Space":
+        """``to`` without the condition (each layout rebuilds its index tensors)."""
+
+    def prior(self, prior_std: float, generator: torch.Generator | None = None,
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        """A draw from the prior at the noise end: x_T ~ N(0, prior_std² I) in the space (the torus overrides
+        this with the uniform distribution)."""
+        return prior_std * self.noise(generator=generator, dtype=dtype)
+
+    def eps_target(self, x0: Tensor, x_t: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The ε-space regression target of denoising score matching for x_t = project(α x₀ + σ ε): −σ ∇log
+        q(x_t | x₀). In a linear space this is ε itself; on the torus it is −σ times the wrapped normal's score."""
+        return eps
 
     def zeros(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """A zero state."""
@@ -118,7 +158,7 @@ class DenseSpace(SetLayout):
         self.shape, self.batch_size, self.device = shape, shape[0], torch.device(device)
         self.feature_dim = shape[-1]
 
-    def to(self, device: torch.device | str) -> "DenseSpace":
+    def _to(self, device: torch.device | str) -> "DenseSpace":
         return DenseSpace(self.shape, device=device)
 
     def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -167,7 +207,7 @@ class MaskedSpace(SetLayout):
         self.shape = torch.Size((mask.shape[0], mask.shape[1], self.feature_dim))
         self._fmask = mask.unsqueeze(-1)
 
-    def to(self, device: torch.device | str) -> "MaskedSpace":
+    def _to(self, device: torch.device | str) -> "MaskedSpace":
         return MaskedSpace(self.mask.to(device), self.feature_dim)
 
     def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -224,7 +264,7 @@ class GraphSpace(SetLayout):
         self._counts = torch.zeros(self.batch_size, dtype=torch.long, device=batch.device).index_add_(
             0, batch, torch.ones_like(batch))
 
-    def to(self, device: torch.device | str) -> "GraphSpace":
+    def _to(self, device: torch.device | str) -> "GraphSpace":
         return GraphSpace(self.batch.to(device), self.feature_dim, self.batch_size)
 
     def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -267,7 +307,7 @@ class _Constrained(Space):
         self.base = base
         self.shape, self.batch_size, self.device = base.shape, base.batch_size, base.device
 
-    def to(self, device: torch.device | str) -> "_Constrained":
+    def _to(self, device: torch.device | str) -> "_Constrained":
         return type(self)(self.base.to(device))
 
     def broadcast(self, per_sample: Tensor) -> Tensor:
@@ -354,7 +394,7 @@ class ProductSpace(Space):
         self.shape = torch.Size(lead + (sum(self.widths),))
         self.batch_size, self.device = parts[0].batch_size, parts[0].device
 
-    def to(self, device: torch.device | str) -> "ProductSpace":
+    def _to(self, device: torch.device | str) -> "ProductSpace":
         return ProductSpace([p.to(device) for p in self.parts])
 
     def split(self, x: Tensor) -> list[Tensor]:

@@ -195,7 +195,7 @@ class DiffusionModule(L.LightningModule):
             raise ValueError("DiffusionModule needs a prepared domain; use sciddpm.training.load for checkpoints")
         self.domain = domain
         self.schedule = schedule_from_config(self.cfg.schedule or domain.default_schedule)
-        self.net = domain.build_backbone(self.cfg.backbone)
+        self.net = domain.build_backbone(self.cfg.backbone, self.schedule)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         if self.cfg.compile:
             compile_network(self.net)

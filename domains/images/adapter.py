@@ -38,6 +38,7 @@ from torch.utils.data import TensorDataset
 
 from sciddpm.domain import Domain, register_domain
 from sciddpm.guidance import batched_pair, classifier_free_guidance
+from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
 
 from .backbone import UNet
@@ -121,7 +122,7 @@ class ImagesDomain(Domain):
         return [(x[k::parts], y[k::parts]) for k in range(parts)]
 
     # -- model ------------------------------------------------------------------------------------
-    def build_backbone(self, config: dict[str, Any]) -> nn.Module:
+    def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
         cfg = {**SMALL_UNET, **config}
         if self.conditional:
             cfg["num_classes"] = NUM_CLASSES

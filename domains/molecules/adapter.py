@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sciddpm.domain import Domain, register_domain
+from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import GraphSpace, ProductSpace, ZeroCoMSpace
 
 from .backbone import EGNNDynamics, fully_connected_edges
@@ -191,7 +192,7 @@ class MoleculesDomain(Domain):
         return [Batch.from_data_list(data[k::parts]) for k in range(parts)]
 
     # ---------------------------------------------------------------------------------------- model
-    def build_backbone(self, config: dict[str, Any]) -> nn.Module:
+    def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
         config = dict(config)
         kind = config.pop("type", "egnn")
         if kind == "egnn_paper":
