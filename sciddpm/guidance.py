@@ -16,12 +16,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .objectives import coefficients, sample_times
+from .objectives import EpsFn, coefficients, sample_times
 from .samplers import SamplerOutput, ancestral_step, check_grid
 from .schedules import NoiseSchedule
 from .spaces import Space
-
-EpsFn = Callable[[Tensor, Tensor], Tensor]
 LogProbFn = Callable[[Tensor, Tensor], Tensor]
 
 

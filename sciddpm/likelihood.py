@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .objectives import predict_x0
-from .samplers import VarianceFn, check_grid, noise_to_time, reverse_variance, scaled_noise_level
+from .objectives import EpsFn, predict_x0
+from .samplers import VarianceFn, check_grid, reverse_variance
 from .schedules import NoiseSchedule
 from .spaces import Space
-
-EpsFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -213,7 +211,7 @@ def ode_log_likelihood(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0:
         z = space.project(torch.randint(0, 2, shape, generator=generator).to(torch.float64) * 2 - 1)
 
     def eps_of_y(y: Tensor, vs: float) -> tuple[Tensor, Tensor]:
-        t = noise_to_time(schedule, torch.tensor(vs))
+        t = schedule.time_at_varsigma(vs)
         return eps_fn(space.project(y * schedule.alpha(t)), _times(t, b)).to(torch.float64), t
 
     def divergence(y: Tensor, vs: float) -> tuple[Tensor, Tensor]:
@@ -243,8 +241,7 @@ def ode_log_likelihood(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0:
         return np.concatenate([eps[valid].numpy(), div.numpy()])
 
     t_lo, t_hi = schedule.t_min, schedule.t_max
-    vs_lo = float(scaled_noise_level(schedule, torch.tensor(t_lo, dtype=torch.float64)))
-    vs_hi = float(scaled_noise_level(schedule, torch.tensor(t_hi, dtype=torch.float64)))
+    vs_lo, vs_hi = float(schedule.varsigma(t_lo)), float(schedule.varsigma(t_hi))
     a_lo = schedule.alpha(torch.tensor(t_lo, dtype=torch.float64))
     y0 = space.project(x0.to(torch.float64)) / a_lo
     state0 = np.concatenate([y0[valid].numpy(), np.zeros(b)])

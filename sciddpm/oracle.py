@@ -11,14 +11,12 @@ E[x_0 | x_t] (Tweedie) are all closed form. We diagonalise Σ_k = U_k diag(λ_k)
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import Tensor
 
+from .objectives import EpsFn
 from .schedules import NoiseSchedule
-
-EpsFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class GaussianMixture:

@@ -4,6 +4,8 @@ Every sampler has the form ``sampler(eps_fn, schedule, space, x_T, grid, ...) ->
 ``eps_fn(x, t)`` is an ε-predictor (a wrapped network, a guidance wrapper, or the oracle), ``grid`` is an
 explicit decreasing time grid from ``time_grid`` ending exactly at the data end, and the output carries the
 sample and the number of network evaluations (NFE). Guidance never lives here: it wraps ``eps_fn``.
+Every sampler takes ``callback(SamplerStep)``, called once after each sampler step (k-diffusion's habit), which
+``sciddpm.progress.sampling_progress`` turns into a progress bar.
 
 Notation: α_t, σ_t from the schedule; λ_t = log(α_t²/σ_t²); skip coefficients α_{t|s}, β_{t|s} (s < t);
 x̂₀ = (x_t − σ_t ε̂)/α_t.
@@ -17,11 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .objectives import predict_x0
+from .objectives import EpsFn, predict_x0
 from .schedules import NoiseSchedule
 from .spaces import Space
 
-EpsFn = Callable[[Tensor, Tensor], Tensor]
 GridKind = Literal["uniform", "quadratic", "logsnr"]
 
 
@@ -33,6 +34,35 @@ class SamplerOutput:
     sample: Tensor
     nfe: int
     space: Space | None = None
+
+
+@dataclass(frozen=True)
+class SamplerStep:
+    """What a sampler reports to its callback after step ``i`` (0-based) of ``total`` (K; ``None`` when the
+    number of steps is not known in advance, as for adaptive RK45): the step went from time ``t`` to ``s`` < t,
+    ``x`` is the new state x_s, ``x0`` the step's x̂₀ prediction (``None`` where the sampler forms none),
+    ``nfe`` the network evaluations so far and ``progress`` the fraction of the run done, in (0, 1]
+    ((i + 1)/K on a fixed grid; for RK45 the fraction of ς = σ/α travelled)."""
+
+    i: int
+    total: int | None
+    t: Tensor
+    s: Tensor
+    x: Tensor
+    x0: Tensor | None
+    nfe: int
+    progress: float
+
+
+StepCallback = Callable[[SamplerStep], None]
+
+
+def _report(callback: StepCallback | None, i: int, total: int | None, t: Tensor, s: Tensor, x: Tensor,
+            x0: Tensor | None, nfe: int, progress: float | None = None) -> None:
+    """Call ``callback`` (if any) with step i's SamplerStep; ``progress`` defaults to (i + 1)/total."""
+    if callback is not None:
+        frac = progress if progress is not None else (i + 1) / total  # type: ignore[operator]
+        callback(SamplerStep(i, total, t, s, x, x0, nfe, float(frac)))
 
 
 class _CountedEps:
@@ -147,7 +177,7 @@ def _coef(value: Tensor, x: Tensor) -> Tensor:
 # ==================================================================================================
 def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
          variance: str | Tensor | VarianceFn = "beta_tilde", generator: torch.Generator | None = None,
-         clip_x0: tuple[float, float] | None = None) -> SamplerOutput:
+         clip_x0: tuple[float, float] | None = None, callback: StepCallback | None = None) -> SamplerOutput:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) on any grid, via the posterior q(x_s | x_t, x̂₀):
 
         μ = α_s β_{t|s}/σ_t² · x̂₀ + α_{t|s} σ_s²/σ_t² · x_t,   x_s = μ + v^{1/2} z,
@@ -163,8 +193,9 @@ def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
     for i in range(steps):
         t, s = grid[i], grid[i + 1]
         eps = eps_fn(x, t)
-        x = ancestral_step(eps, schedule, space, x, t, s, variance_at(i, x, t, s, eps), generator=generator,
+        x, x0 = _ancestral(eps, schedule, space, x, t, s, variance_at(i, x, t, s, eps), generator=generator,
                            clip_x0=clip_x0)
+        _report(callback, i, steps, t, s, x, x0, eps_fn.calls)
     return SamplerOutput(x, eps_fn.calls)
 
 
@@ -199,6 +230,12 @@ def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor
                    generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None) -> Tensor:
     """One ancestral step t → s: x_s = μ̃(x_t, x̂₀) + v^{1/2} z with the posterior mean
     μ̃ = α_s β_{t|s}/σ_t² · x̂₀ + α_{t|s} σ_s²/σ_t² · x_t and x̂₀ = (x_t − σ_t ε̂)/α_t (no noise into σ_s = 0)."""
+    return _ancestral(eps, schedule, space, x, t, s, var, generator=generator, clip_x0=clip_x0)[0]
+
+
+def _ancestral(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor, t: Tensor, s: Tensor, var: Tensor, *,
+               generator: torch.Generator | None, clip_x0: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
+    """``ancestral_step`` returning (x_s, x̂₀)."""
     sig2_t, sig2_s = schedule.sigma_sq(t), schedule.sigma_sq(s)
     b_ts = schedule.skip_beta(s, t)
     x0 = predict_x0(eps, x, _coef(schedule.alpha(t), x), _coef(sig2_t.sqrt(), x))
@@ -208,12 +245,12 @@ def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor
     var = torch.as_tensor(var, dtype=torch.float64)
     if float(sig2_s) > 0 and bool((var > 0).any()):
         mean = mean + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
-    return space.project(mean)
+    return space.project(mean), x0
 
 
 def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, eta: float = 0.0,
          variance: str | Tensor | VarianceFn | None = None, generator: torch.Generator | None = None,
-         clip_x0: tuple[float, float] | None = None) -> SamplerOutput:
+         clip_x0: tuple[float, float] | None = None, callback: StepCallback | None = None) -> SamplerOutput:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on any grid:
 
         x_s = α_s x̂₀ + (σ_s² − c²)^{1/2} ε̂ + c z,   c² = η² β̃_{t|s} = η² σ_s² β_{t|s}/σ_t².
@@ -250,6 +287,7 @@ def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
         elif float(sig2_s) > 0 and bool((var > 0).any()):
             x = x + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
         x = space.project(x)
+        _report(callback, i, steps, t, s, x, x0, eps_fn.calls)
     return SamplerOutput(x, eps_fn.calls)
 
 
@@ -262,7 +300,8 @@ def _score(eps_fn: _CountedEps, schedule: NoiseSchedule, x: Tensor, t: Tensor) -
 
 
 def euler_maruyama(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
-                   generator: torch.Generator | None = None, final_noise: bool = False) -> SamplerOutput:
+                   generator: torch.Generator | None = None, final_noise: bool = False,
+                   callback: StepCallback | None = None) -> SamplerOutput:
     """Euler–Maruyama on the reverse SDE dx = [f x − g² s(x, t)] dt + g dW̄ (Anderson 1982; Song et al. 2021):
 
         x_{s} = x_t − (f_t x_t − g_t² s(x_t, t)) Δ + g_t √Δ z,   Δ = t − s > 0.
@@ -280,12 +319,13 @@ def euler_maruyama(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tens
         if i < steps - 1 or final_noise:
             x = x + _coef((schedule.diffusion_sq(t) * dt).sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
         x = space.project(x)
+        _report(callback, i, steps, t, s, x, None, eps_fn.calls)
     return SamplerOutput(x, eps_fn.calls)
 
 
 def predictor_corrector(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
-                        snr: float = 0.16, corrector_steps: int = 1, generator: torch.Generator | None = None
-                        ) -> SamplerOutput:
+                        snr: float = 0.16, corrector_steps: int = 1, generator: torch.Generator | None = None,
+                        callback: StepCallback | None = None) -> SamplerOutput:
     """Predictor–corrector (Song et al. 2021, Alg. 1–3): at each grid time, ``corrector_steps`` Langevin steps
 
         x ← x + ε s(x, t) + √(2ε) z,   ε = 2 a (snr ‖z‖ / ‖s‖)²,
@@ -316,42 +356,28 @@ def predictor_corrector(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x:
         if i < steps - 1:
             x = x + _coef((schedule.diffusion_sq(t) * dt).sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
         x = space.project(x)
+        _report(callback, i, steps, t, s, x, None, eps_fn.calls)
     return SamplerOutput(x, eps_fn.calls)
 
 
 # ==================================================================================================
 # Probability-flow ODE
 # ==================================================================================================
-def probability_flow_velocity(eps_fn: EpsFn, schedule: NoiseSchedule, x: Tensor, t: Tensor) -> Tensor:
-    """dx/dt = f(t) x − ½ g(t)² s(x, t) = f x + ½ g²/σ · ε̂(x, t) (Song et al. 2021, eq. 13)."""
-    return _coef(schedule.drift_coef(t), x) * x + _coef(0.5 * schedule.diffusion_sq(t) / schedule.sigma(t), x) * eps_fn(x, t)
-
-
-def noise_to_time(schedule: NoiseSchedule, varsigma: Tensor) -> Tensor:
-    """t(ς) for EDM's noise level ς = σ/α = e^{−λ/2} (ς = 0 maps to the data end)."""
-    varsigma = torch.as_tensor(varsigma, dtype=torch.float64)
-    if float(varsigma) <= 0:
-        return torch.tensor(schedule.t_min, dtype=torch.float64)
-    t = schedule.time_at_log_snr(-2.0 * torch.log(varsigma))
-    return t.clamp(schedule.t_min, schedule.t_max)
-
-
-def scaled_noise_level(schedule: NoiseSchedule, t: Tensor) -> Tensor:
-    """ς(t) = σ_t/α_t = e^{−λ_t/2}: the noise level of the rescaled state y = x/α (Karras et al. 2022)."""
-    return schedule.sigma(t) / schedule.alpha(t)
-
-
 def probability_flow_rk45(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
-                          rtol: float = 1e-5, atol: float = 1e-5) -> SamplerOutput:
-    """Integrate the probability-flow ODE with scipy's adaptive RK45 (float64), from grid[0] to grid[-1].
+                          rtol: float = 1e-5, atol: float = 1e-5, callback: StepCallback | None = None
+                          ) -> SamplerOutput:
+    """Integrate the probability-flow ODE with scipy's adaptive RK45 (Dormand–Prince, float64), grid[0] → grid[-1].
 
     The ODE dx/dt = f x − ½ g² s is solved in EDM's variables y = x/α, ς = σ/α, where it reads
     dy/dς = ε̂(α y, t(ς)) (Karras et al. 2022, eq. 4 with s(t) = α): smooth down to ς = 0 for every schedule,
     whereas the t-form has a 1/σ singularity at a discrete schedule's data end. Only the grid's end points are
     used (the solver picks its own steps); NFE is the solver's count of evaluations. Only non-padding entries
     are integrated, and ε is projected as a velocity (``Space.project_tangent``: not wrapped on the torus).
+    The solver is stepped one accepted step at a time (``scipy.integrate.RK45.step``, what ``solve_ivp`` does),
+    and each accepted step is reported to ``callback`` with ``total=None``, ``progress`` the fraction of ς
+    travelled and x̂₀ = y − ς ε̂ from the solver's end-of-step slope (first-same-as-last: no extra evaluation).
     """
-    from scipy.integrate import solve_ivp
+    from scipy.integrate import RK45
 
     x = _prepare(schedule, space, x, grid)
     counted = _CountedEps(eps_fn, space)
@@ -364,22 +390,32 @@ def probability_flow_rk45(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, 
         return out
 
     def rhs(vs: float, y: np.ndarray) -> np.ndarray:
-        t = noise_to_time(schedule, torch.tensor(vs))
+        t = schedule.time_at_varsigma(vs)
         yt = unpack(y)
         with torch.no_grad():
             eps = counted(space.project(yt * _coef(schedule.alpha(t), yt)), t)
         return space.project_tangent(eps)[valid].detach().to("cpu", torch.float64).numpy()
 
-    vs_start, vs_end = scaled_noise_level(schedule, grid[0]), scaled_noise_level(schedule, grid[-1])
+    vs_start, vs_end = float(schedule.varsigma(grid[0])), float(schedule.varsigma(grid[-1]))
     y0 = (x / _coef(schedule.alpha(grid[0]), x))[valid].detach().to("cpu", torch.float64).numpy()
-    sol = solve_ivp(rhs, (float(vs_start), float(vs_end)), y0, method="RK45", rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"RK45 failed: {sol.message}")
-    y_end = unpack(sol.y[:, -1])
-    return SamplerOutput(space.project(y_end * _coef(schedule.alpha(grid[-1]), y_end)), counted.calls)
+    solver = RK45(rhs, vs_start, y0, vs_end, rtol=rtol, atol=atol)
+    t_prev, i = grid[0], 0
+    while solver.status == "running":
+        message = solver.step()
+        if solver.status == "failed":
+            raise RuntimeError(f"RK45 failed: {message}")
+        s = grid[-1] if solver.status == "finished" else schedule.time_at_varsigma(solver.t)
+        y = unpack(solver.y)
+        x = space.project(y * _coef(schedule.alpha(s), y))
+        if callback is not None:
+            x0 = y - _coef(torch.tensor(solver.t, dtype=torch.float64), y) * unpack(solver.f)
+            _report(callback, i, None, t_prev, s, x, x0, counted.calls, (vs_start - solver.t) / (vs_start - vs_end))
+        t_prev, i = s, i + 1
+    return SamplerOutput(x, counted.calls)
 
 
-def heun(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor) -> SamplerOutput:
+def heun(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
+         callback: StepCallback | None = None) -> SamplerOutput:
     """Heun's 2nd-order method on the probability-flow ODE in EDM's variables (Karras et al. 2022, Alg. 1):
 
     with y = x/α and ς = σ/α = e^{−λ/2}, the ODE is dy/dς = ε̂(α y, t(ς)) for every schedule. Each step
@@ -387,10 +423,11 @@ def heun(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
     """
     x = _prepare(schedule, space, x, grid)
     eps_fn = _CountedEps(eps_fn, space)
-    for i in range(grid.numel() - 1):
+    steps = grid.numel() - 1
+    for i in range(steps):
         t, s = grid[i], grid[i + 1]
         a_t, a_s = schedule.alpha(t), schedule.alpha(s)
-        vs_t, vs_s = scaled_noise_level(schedule, t), scaled_noise_level(schedule, s)
+        vs_t, vs_s = schedule.varsigma(t), schedule.varsigma(s)
         y = x / _coef(a_t, x)
         d = eps_fn(x, t)
         y_next = y + _coef(vs_s - vs_t, x) * d
@@ -398,11 +435,12 @@ def heun(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
             d2 = eps_fn(space.project(y_next * _coef(a_s, x)), s)
             y_next = y + _coef(vs_s - vs_t, x) * 0.5 * (d + d2)
         x = space.project(y_next * _coef(a_s, x))
+        _report(callback, i, steps, t, s, x, y - _coef(vs_t, x) * d, eps_fn.calls)
     return SamplerOutput(x, eps_fn.calls)
 
 
 def dpm_solver_pp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
-                     lower_order_final: bool = True) -> SamplerOutput:
+                     lower_order_final: bool = True, callback: StepCallback | None = None) -> SamplerOutput:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), the multistep 2nd-order data-prediction solver.
 
     With h = log(α/σ) differences h_i = ℓ_{t_i} − ℓ_{t_{i−1}} and x̂₀ predictions D:
@@ -422,6 +460,7 @@ def dpm_solver_pp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Te
         x0 = predict_x0(eps_fn(x, t), x, _coef(a_t, x), _coef(sig_t, x))
         if float(sig_s) == 0.0:  # λ_s = +inf: the exact step is x_s = α_s x̂₀
             x = space.project(_coef(a_s, x) * x0)
+            _report(callback, i, steps, t, s, x, x0, eps_fn.calls)
             break
         h = half_lam[i + 1] - half_lam[i]
         final_low = lower_order_final and steps < 15 and i == steps - 1
@@ -433,6 +472,7 @@ def dpm_solver_pp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Te
         x = _coef(sig_s / sig_t, x) * x - _coef(a_s * torch.expm1(-h), x) * d
         x = space.project(x)
         prev_x0, prev_h = x0, h
+        _report(callback, i, steps, t, s, x, x0, eps_fn.calls)
     return SamplerOutput(x, eps_fn.calls)
 
 

@@ -119,6 +119,23 @@ class NoiseSchedule(ABC):
         """−dλ/dt = g(t)²/σ(t)²: the likelihood weighting of the ε-MSE (Song et al. 2021; Kingma et al. 2021)."""
         return self.diffusion_sq(t) / self.sigma_sq(t)
 
+    # --- EDM variables (Karras et al. 2022) ---------------------------------------------------------
+    def varsigma(self, t: TimeLike) -> Tensor:
+        """ς(t) = σ_t/α_t = e^{−λ_t/2}: the noise level of the rescaled state y = x/α (Karras et al. 2022, eq. 4
+        with s(t) = α_t, σ(t) = ς); 0 where σ_t = 0."""
+        return torch.exp(-0.5 * self.log_snr(t))
+
+    def time_at_varsigma(self, vs: TimeLike) -> Tensor:
+        """Inverse of ς: t(ς) = λ⁻¹(−2 log ς), with ς = 0 mapped to the data end t_min and the result clamped
+        into [t_min, t_max] (a ς beyond ς(t_max) returns t_max). ValueError for a negative or NaN ς."""
+        vs = torch.as_tensor(vs, dtype=_F64)
+        if not bool((vs >= 0).all()):
+            raise ValueError("time_at_varsigma: varsigma must be >= 0 (got a negative or NaN value)")
+        pos = vs > 0
+        lam = -2.0 * torch.log(torch.where(pos, vs, torch.ones_like(vs)))
+        t = self.time_at_log_snr(lam).clamp(self.t_min, self.t_max)
+        return torch.where(pos, t, torch.full_like(t, self.t_min))
+
     def _check_order(self, s: Tensor, t: Tensor) -> None:
         if (s > t).any():
             raise ValueError("skip coefficients need s <= t (s is the less noisy time)")

@@ -25,11 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .objectives import coefficients
+from .objectives import EpsFn, coefficients
 from .schedules import NoiseSchedule
 from .spaces import Space
-
-EpsFn = Callable[[Tensor, Tensor], Tensor]
 
 #: Floor on (1 − Γ_t): a Monte-Carlo Γ ≥ 1 near the data end (where 1 − Γ is below its standard error) must not
 #: give a zero variance, which would make the decoder step look free to the DP and break the ELBO. Where the
