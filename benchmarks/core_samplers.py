@@ -40,12 +40,12 @@ if str(REPO) not in sys.path:
 
 from benchmarks._report import write_results  # noqa: E402
 from sciddpm import samplers as S  # noqa: E402
+from sciddpm.objectives import EpsFn  # noqa: E402
 from sciddpm.oracle import GaussianMixture, sliced_wasserstein2  # noqa: E402
 from sciddpm.schedules import LinearSchedule, NoiseSchedule  # noqa: E402
 from sciddpm.spaces import DenseSpace  # noqa: E402
 
 F64 = torch.float64
-EpsFn = Callable[[Tensor, Tensor], Tensor]
 
 
 # ==================================================================================================

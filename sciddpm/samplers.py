@@ -42,7 +42,8 @@ class SamplerStep:
     number of steps is not known in advance, as for adaptive RK45): the step went from time ``t`` to ``s`` < t,
     ``x`` is the new state x_s, ``x0`` the step's x̂₀ prediction (``None`` where the sampler forms none),
     ``nfe`` the network evaluations so far and ``progress`` the fraction of the run done, in (0, 1]
-    ((i + 1)/K on a fixed grid; for RK45 the fraction of ς = σ/α travelled)."""
+    ((i + 1)/K on a fixed grid, the default when ``total`` is given; for RK45 the fraction of ς = σ/α travelled).
+    Any sampler can report with it, e.g. ``callback(SamplerStep(i, K, t, s, x, None, nfe))``."""
 
     i: int
     total: int | None
@@ -51,7 +52,13 @@ class SamplerStep:
     x: Tensor
     x0: Tensor | None
     nfe: int
-    progress: float
+    progress: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.progress is None:
+            if self.total is None:
+                raise ValueError("SamplerStep: progress is required when total is None")
+            object.__setattr__(self, "progress", (self.i + 1) / self.total)
 
 
 StepCallback = Callable[[SamplerStep], None]
@@ -61,8 +68,7 @@ def _report(callback: StepCallback | None, i: int, total: int | None, t: Tensor,
             x0: Tensor | None, nfe: int, progress: float | None = None) -> None:
     """Call ``callback`` (if any) with step i's SamplerStep; ``progress`` defaults to (i + 1)/total."""
     if callback is not None:
-        frac = progress if progress is not None else (i + 1) / total  # type: ignore[operator]
-        callback(SamplerStep(i, total, t, s, x, x0, nfe, float(frac)))
+        callback(SamplerStep(i, total, t, s, x, x0, nfe, progress))
 
 
 class _CountedEps:

@@ -154,3 +154,13 @@ def test_progress_bar_counts_sampler_steps(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(ValueError, match="total"):
         with sampling_progress(0):
             pass
+
+
+def test_sampler_step_progress_default() -> None:
+    """A SamplerStep built by a sampler outside this module (e.g. RePaint) gets progress (i + 1)/K by default;
+    without a total the progress must be given."""
+    z = torch.zeros(())
+    assert S.SamplerStep(2, 8, z, z, z, None, 3).progress == 3 / 8
+    assert S.SamplerStep(0, None, z, z, z, None, 5, 0.25).progress == 0.25
+    with pytest.raises(ValueError, match="progress"):
+        S.SamplerStep(0, None, z, z, z, None, 5)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -20,12 +20,12 @@ import torch
 from torch import Tensor
 
 from sciddpm import samplers as S
+from sciddpm.objectives import EpsFn
 from sciddpm.oracle import GaussianMixture, sliced_wasserstein2
 from sciddpm.schedules import CosineSchedule, LinearSchedule, NoiseSchedule, VESchedule, VPSchedule
 from sciddpm.spaces import DenseSpace, Space
 
 F64 = torch.float64
-EpsFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @pytest.fixture(autouse=True, scope="module")
