@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_results  # noqa: E402
 from benchmarks._resident import autocast, sync, train_resident  # noqa: E402
-from sciddpm.domains.images.adapter import ImagesUNet, image_grid  # noqa: E402
-from sciddpm.domains.images.backbone import count_parameters  # noqa: E402
+from sciddpm.domains.images.adapter import image_grid  # noqa: E402
+from sciddpm.domains.images.backbone import UNet, count_parameters  # noqa: E402
 from sciddpm.domains.images.classifier import NoisyClassifier  # noqa: E402
 from sciddpm.domains.images.data import load_fashion_mnist, to_model_range  # noqa: E402
 from sciddpm.domains.images.metrics import classifier_features, fd_from_features, load_eval_classifier  # noqa: E402
@@ -203,7 +203,7 @@ def main() -> None:
                 return clf(x, t)
         return noisy_classifier_loss(call, schedule, DenseSpace(x0.shape, device=device), x0, y)
 
-    unet = ImagesUNet(**unet_cfg, num_classes=NUM_CLASSES).to(device)
+    unet = UNet(**unet_cfg, num_classes=NUM_CLASSES).to(device)
     unet, unet_info = train_resident(unet, unet_loss, (x_train, y_train), lr=UNET_LR, seconds=60 * args.minutes,
                                      max_steps=max_steps, batch_size=args.batch_size, warmup=WARMUP, ema=True,
                                      ema_decay=EMA_DECAY, grad_clip=GRAD_CLIP, label="unet")

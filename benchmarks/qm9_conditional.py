@@ -39,9 +39,7 @@ from sciddpm.domains.molecules.adapter import SMALL_EGNN, MoleculesDomain, edm_c
 from sciddpm.domains.molecules.conditioning import EDM_PROPERTY_NAMES  # noqa: E402
 from sciddpm.domains.molecules.property import (PropertyPredictor, predict, property_energy,  # noqa: E402
                                                 train_property_predictor)
-from sciddpm.guidance import energy_guidance  # noqa: E402
-from sciddpm.objectives import eps_predictor  # noqa: E402
-from sciddpm.samplers import ddpm, prior_sample, time_grid  # noqa: E402
+from sciddpm.guidance import EnergyGuidance, GuidanceContext  # noqa: E402
 from sciddpm.training import fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,19 +83,15 @@ def draw(model: Any, n: int, steps: int, seed: int, device: torch.device, scale:
          guide: PropertyPredictor | None = None) -> tuple[torch.Tensor, Any]:
     """n molecules by ancestral DDPM (β̃, ``steps`` steps) with (N, c) from the model's training half; with
     ``scale`` > 0, EEGSDE: ε̃ = ε + s σ_t ∇E, E = ‖g(x_t, t) − c̃‖² (``guide`` = g). Returns (x on the CPU, space)."""
-    gen = torch.Generator().manual_seed(seed)
-    space = model.domain.sample_space(n, gen)
-    x_T = prior_sample(model.schedule, space, gen, torch.float32).to(device)
-    space = space.to(device)
-    cond = model.domain.sample_condition(space)
-    eps = eps_predictor(model.net, model.schedule, space, "eps", **cond)
+    hook = None
     if scale:
-        energy = property_energy(guide, cond["context"], cond["batch"], n, cond["edge_index"])
-        eps = energy_guidance(eps, energy, model.schedule, space, scale)
-    with torch.no_grad():
-        out = ddpm(eps, model.schedule, space, x_T, time_grid(model.schedule, steps),
-                   generator=torch.Generator(device=device).manual_seed(seed))
-    return out.sample.cpu(), space.to("cpu")
+        def energy_for(ctx: GuidanceContext) -> Any:
+            c = ctx.condition
+            return property_energy(guide, c["context"], c["batch"], n, c["edge_index"])
+
+        hook = EnergyGuidance(energy_for, scale)
+    out = model.to(device).sample(n, sampler="ddpm", steps=steps, seed=seed, guidance=hook)
+    return out.sample.cpu(), out.space.to("cpu")
 
 
 def score(model: Any, evaluator: PropertyPredictor, domain_a: MoleculesDomain, x: torch.Tensor, space: Any,
@@ -105,7 +99,7 @@ def score(model: Any, evaluator: PropertyPredictor, domain_a: MoleculesDomain, x
     """Absolute errors of φ on the generated molecules (physical units), how many were finite, EDM's quality."""
     batch, n = model.domain.batch_of(space)
     # the targets, re-expressed in the evaluator's (D_a) normalisation
-    targets = domain_a.conditioning.normalise(model.domain.conditioning.denormalise(space.context))
+    targets = domain_a.conditioning.normalise(model.domain.conditioning.denormalise(space.condition["context"]))
     samples, kept = _as_batches(x, batch, targets, n)
     pred, target = predict(evaluator, domain_a.conditioning, samples, device)
     try:

@@ -93,7 +93,7 @@ def sample(net, domain: MoleculesDomain, schedule, n: int, sampler: str, steps: 
         with _autocast(device, bf16):
             return net(x, t, **cond).float()
 
-    eps = eps_predictor(model, schedule, space, "eps", **domain.sample_condition(space))  # pairs built once
+    eps = eps_predictor(model, schedule, space, "eps", **domain.network_condition(space))  # pairs built once
     grid = time_grid(schedule, steps)
     with torch.no_grad():
         if sampler == "dpm_solver_pp_2m":
@@ -113,7 +113,7 @@ def gamma_table(net, domain: MoleculesDomain, schedule, train_set, device: torch
             idx = torch.randperm(len(train_set), generator=gen)[:batch_size].tolist()
             b = domain.collate([train_set[i] for i in idx]).to(device)
             space = domain.space_for(b)
-            yield domain.state_from(b), space, eps_predictor(net, schedule, space, "eps", **domain.condition_from(b))
+            yield domain.state_from(b), space, eps_predictor(net, schedule, space, "eps", **domain.network_condition(space))
 
     n = schedule.num_steps
     times = torch.unique(torch.cat([torch.linspace(1, n, 30).round(), torch.logspace(0, math.log10(n), 15).round()]))

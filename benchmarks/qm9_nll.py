@@ -184,7 +184,7 @@ def main() -> None:
 
     batch = qm9_test_batch(domain, args.data, args.n_test, args.seed).to(device)
     space, x0 = domain.space_for(batch), domain.state_from(batch).double()
-    eps = CachedEps(eps_predictor(net, schedule, space, "eps", **domain.condition_from(batch)))
+    eps = CachedEps(eps_predictor(net, schedule, space, "eps", **domain.network_condition(space)))
     dof = space.dof.double().cpu()
     atoms = torch.bincount(batch.batch.cpu(), minlength=args.n_test).double()
     rows: list[dict[str, Any]] = []

@@ -106,7 +106,7 @@ class TrainStep:
 
     def loss(self, batch: Any) -> torch.Tensor:
         space, x0 = self.domain.space_for(batch), self.domain.state_from(batch)
-        cond = self.domain.condition_from(batch)
+        cond = self.domain.network_condition(space)
         if not self.pairs_from_collate:
             cond.pop("edge_index", None)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16

@@ -81,7 +81,9 @@ class TabularDomain(Domain):
     def state_from(self, batch: Tensor) -> Tensor:
         return batch
 
-    def sample_space(self, n: int, generator: torch.Generator | None = None) -> DenseSpace:
+    def sample_space(self, n: int, generator: torch.Generator | None = None,
+                     conditions: dict[str, Any] | None = None) -> DenseSpace:
+        self.check_conditions(conditions)  # an unconditional model: any condition is an error
         return DenseSpace((n, len(self.mean)))
 
     def state_tensors(self) -> dict[str, Tensor]:

@@ -43,19 +43,30 @@ class Domain(ABC):
 
     @abstractmethod
     def space_for(self, batch: Any) -> Space:
-        """The state space bound to a collated data batch."""
+        """The state space bound to a collated data batch, carrying the batch's own conditions (``Space.condition``:
+        its labels, low-resolution images, property targets …) exactly as recorded in the data."""
 
     @abstractmethod
     def state_from(self, batch: Any) -> Tensor:
         """The clean state x₀ of a collated data batch (a tensor in ``space_for(batch)``)."""
 
-    def condition_from(self, batch: Any) -> dict[str, Any]:
-        """Keyword conditioning passed to the network (none by default)."""
-        return {}
+    def network_condition(self, space: Space) -> dict[str, Any]:
+        """The network's keyword inputs for states in ``space``: ``net(x_t, t, **network_condition(space))``.
 
-    def sample_condition(self, space: Space) -> dict[str, Any]:
-        """Keyword conditioning for sampling in ``space`` (e.g. the graph ``batch`` index); none by default."""
-        return {}
+        One path for training, Γ estimation, likelihoods and sampling: everything comes from the space (its layout
+        and its ``condition``). Default: the space's condition as it is; domains whose condition also holds
+        non-network entries (evaluation references) or whose network needs layout tensors override this."""
+        return dict(space.condition)
+
+    def training_condition(self, space: Space, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """The network inputs used by the training loss; default ``network_condition``. A domain that trains an
+        unconditional mode alongside (classifier-free guidance's condition dropout) replaces conditions here."""
+        return self.network_condition(space)
+
+    def null_condition(self, space: Space) -> dict[str, Any] | None:
+        """The network inputs of the *unconditional* model for ``space`` (conditions replaced by the null token), as
+        classifier-free guidance needs (Ho & Salimans 2021); None where the domain has no unconditional mode."""
+        return None
 
     #: Optional per-channel data box (a, b) for Analytic-DPM's upper bound, and the data resolution that caps
     #: the last reverse step (Bao et al. 2022); None where the domain has no such bound.
@@ -81,8 +92,28 @@ class Domain(ABC):
         return [batch[k::parts] for k in range(parts)]
 
     @abstractmethod
-    def sample_space(self, n: int, generator: torch.Generator | None = None) -> Space:
-        """The space of ``n`` new samples (may draw sizes, e.g. atom counts, from ``generator``)."""
+    def sample_space(self, n: int, generator: torch.Generator | None = None,
+                     conditions: dict[str, Any] | None = None) -> Space:
+        """The space of ``n`` new samples, carrying their conditions (``Space.condition``).
+
+        ``conditions`` are user-given per-sample conditions (class labels, low-resolution inputs, property targets,
+        temperatures …; names and forms are the domain's, documented on the domain class), a scalar meaning the
+        same for every sample; ValueError naming an unknown or malformed one. What is not given is drawn from
+        ``generator`` or set by the domain's defaults. The domain keeps no sampling state: whatever ``evaluate`` and
+        ``write_samples`` need later travels in the returned space."""
+
+    def condition_keys(self) -> tuple[str, ...]:
+        """The names ``sample_space`` accepts in ``conditions`` (none by default)."""
+        return ()
+
+    def check_conditions(self, conditions: dict[str, Any] | None) -> dict[str, Any]:
+        """``conditions`` as a dict, refusing names outside ``condition_keys()`` with a one-line ValueError."""
+        conditions = dict(conditions or {})
+        unknown = sorted(set(conditions) - set(self.condition_keys()))
+        if unknown:
+            valid = ", ".join(self.condition_keys()) or "none"
+            raise ValueError(f"unknown condition {unknown[0]!r} for domain {self.name!r}; valid conditions: {valid}")
+        return conditions
 
     def state_tensors(self) -> dict[str, Tensor]:
         """Tensors the domain needs after training (normalisation statistics); saved with the model."""

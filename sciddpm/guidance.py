@@ -8,15 +8,21 @@ terms s = −ε/σ_t, so adding a score term δ(x) to s subtracts σ_t δ(x) fro
 - energy guidance (e.g. Lu et al. 2023's view): s̃ = s − λ ∇E_t(x, c)  ⇒  ε̃ = ε + λ σ_t ∇E_t;
 - SDEdit (Meng et al. 2022): start at t₀ < T from x_{t₀} = α_{t₀} x_ref + σ_{t₀} z;
 - inpainting by replacement (Song et al. 2021, App. I; Lugmayr et al. 2022 for RePaint's resampling).
+
+``DiffusionModel.sample(..., guidance=...)`` takes *guidance hooks*: callables ``hook(eps_fn, context) -> eps_fn``
+with a :class:`GuidanceContext` (the network, schedule, parameterisation and the sampling space with its
+conditions). :class:`ClassifierFree`, :class:`ClassifierGuidance` and :class:`EnergyGuidance` are such hooks, so
+every domain is guided from outside its network, with the conditions its own sampling space carries.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from .objectives import EpsFn, coefficients, sample_times
+from .objectives import EpsFn, eps_predictor, forward_noise, sample_times
 from .samplers import SamplerOutput, ancestral_step, check_grid
 from .schedules import NoiseSchedule
 from .spaces import Space
@@ -122,13 +128,6 @@ def energy_guidance(eps_fn: EpsFn, energy_fn: LogProbFn, schedule: NoiseSchedule
     return guided
 
 
-def conditional_prior(schedule: NoiseSchedule, space: Space, mean: Tensor | float = 0.0, std: Tensor | float | None = None,
-                      generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """x_T ~ N(mean_c, std_c² I) on the space: a conditional start distribution p(x_T | c) (default: the prior)."""
-    std = schedule.prior_std if std is None else std
-    return space.project(torch.as_tensor(mean, dtype=dtype) + torch.as_tensor(std, dtype=dtype) * space.noise(generator, dtype))
-
-
 def sdedit_start(x_ref: Tensor, schedule: NoiseSchedule, space: Space, t0: float,
                  generator: torch.Generator | None = None) -> Tensor:
     """SDEdit's start state x_{t₀} = α_{t₀} x_ref + σ_{t₀} z (Meng et al. 2022); run any sampler on
@@ -136,8 +135,7 @@ def sdedit_start(x_ref: Tensor, schedule: NoiseSchedule, space: Space, t0: float
     space.check(x_ref, name="reference")
     t = torch.tensor(float(t0), dtype=torch.float64)
     schedule.check_time(t)
-    return space.project(schedule.alpha(t).to(x_ref.dtype) * x_ref
-                         + schedule.sigma(t).to(x_ref.dtype) * space.noise(generator, x_ref.dtype))
+    return forward_noise(schedule, space, x_ref, t, generator=generator)[0]
 
 
 def replacement_inpainting(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, known: Tensor, mask: Tensor,
@@ -151,9 +149,7 @@ def replacement_inpainting(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space,
     mask = mask.to(torch.bool)
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
-        a = space.broadcast(schedule.alpha(t)).to(x.dtype)
-        s = space.broadcast(schedule.sigma(t)).to(x.dtype)
-        noised = a * known.to(x.dtype) + s * space.noise(generator, x.dtype)
+        noised, _ = forward_noise(schedule, space, known.to(x.dtype), t, generator=generator)
         return eps_fn(space.project(torch.where(mask, noised, x)), t)
 
     return guided
@@ -180,7 +176,7 @@ def repaint(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, gri
             eps = eps_fn(x, t.reshape(1).expand(space.batch_size))
             x = ancestral_step(eps, schedule, space, x, t, s, schedule.posterior_variance(s, t), generator=generator)
             nfe += 1
-            known_s = schedule.alpha(s).to(x.dtype) * known + schedule.sigma(s).to(x.dtype) * space.noise(generator, x.dtype)
+            known_s, _ = forward_noise(schedule, space, known.to(x.dtype), s, generator=generator)
             x = space.project(torch.where(mask, known_s, x))
             if r < resample - 1:
                 x = space.project(schedule.skip_alpha(s, t).to(x.dtype) * x
@@ -211,8 +207,7 @@ def noisy_classifier_loss(classifier: Callable[[Tensor, Tensor], Tensor], schedu
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         time_gen = torch.Generator().manual_seed(seed)
     t, _ = sample_times(schedule, space.batch_size, generator=time_gen, device=space.device)
-    alpha, sigma = coefficients(schedule, space, t, x0.dtype)
-    x_t = space.project(alpha * space.project(x0) + sigma * space.noise(generator=generator, dtype=x0.dtype))
+    x_t, _ = forward_noise(schedule, space, space.project(x0), t, generator=generator)
     logits = classifier(x_t, t)
     if logits.dim() != 2 or logits.shape[0] != space.batch_size:
         raise ValueError(f"classifier must return logits [{space.batch_size}, C], got {tuple(logits.shape)}")
@@ -235,3 +230,91 @@ def classifier_log_prob(classifier: Callable[[Tensor, Tensor], Tensor], labels: 
         return torch.log_softmax(logits.float(), dim=-1).gather(1, y[:, None])[:, 0]
 
     return log_prob
+
+
+# ==================================================================================================
+# Guidance hooks for DiffusionModel.sample: every domain guided from outside its network
+# ==================================================================================================
+@dataclass
+class GuidanceContext:
+    """What a guidance hook may use: the model's raw network ``net(x_t, t, **condition)``, its schedule and
+    parameterisation, and the sampling ``space`` with its conditions; ``condition`` / ``null_condition`` are the
+    network inputs of the conditional and the unconditional model for that space (``Domain.network_condition``,
+    ``Domain.null_condition``; the latter None when the domain has no unconditional mode)."""
+
+    net: Callable[..., Tensor]
+    schedule: NoiseSchedule
+    space: Space
+    parameterization: str
+    condition: dict[str, Any]
+    null_condition: dict[str, Any] | None
+
+
+GuidanceHook = Callable[[EpsFn, GuidanceContext], EpsFn]
+
+
+class ClassifierFree:
+    """Classifier-free guidance as a hook: ε̃ = ε(x|∅) + λ (ε(x|c) − ε(x|∅)) (Ho & Salimans 2021).
+
+    It *replaces* the model's ε (the incoming ``eps_fn``) with the guided combination of one doubled network call
+    (``batched_pair``), so it comes first in a list of hooks. The combination is taken on the network's outputs:
+    every parameterisation's ε is affine in the output with weights that sum to one, so this equals combining ε.
+    """
+
+    def __init__(self, scale: float) -> None:
+        if not torch.isfinite(torch.tensor(float(scale))):
+            raise ValueError(f"guidance scale must be finite, got {scale}")
+        self.scale = float(scale)
+
+    def __call__(self, eps_fn: EpsFn, ctx: GuidanceContext) -> EpsFn:
+        if ctx.null_condition is None:
+            raise ValueError("classifier-free guidance needs a model with an unconditional mode (the domain's "
+                             "null_condition); this model has none")
+        pair = batched_pair(ctx.net, ctx.condition, ctx.null_condition)
+        scale = self.scale
+
+        def guided_net(x: Tensor, t: Tensor, **_: Any) -> Tensor:
+            out_c, out_u = pair(x, t)
+            return out_u + scale * (out_c - out_u)
+
+        return eps_predictor(guided_net, ctx.schedule, ctx.space, ctx.parameterization)
+
+
+class ClassifierGuidance:
+    """Classifier guidance as a hook: ε̃ = ε − λ σ_t P ∇_x log p_t(c | x_t) (Dhariwal & Nichol 2021, Alg. 1) with
+    a noise-aware ``classifier(x_t, t)`` → logits and the labels the sampling space carries
+    (``space.condition[label_key]``), or explicit ``labels``."""
+
+    def __init__(self, classifier: Callable[[Tensor, Tensor], Tensor], scale: float, label_key: str = "y",
+                 labels: Tensor | None = None) -> None:
+        self.classifier, self.scale, self.label_key, self.labels = classifier, float(scale), label_key, labels
+
+    def __call__(self, eps_fn: EpsFn, ctx: GuidanceContext) -> EpsFn:
+        labels = self.labels if self.labels is not None else ctx.space.condition.get(self.label_key)
+        if labels is None:
+            raise ValueError(f"classifier guidance needs labels: the sampling space has no condition "
+                             f"{self.label_key!r} (give labels= or sample with that condition)")
+        return classifier_guidance(eps_fn, classifier_log_prob(self.classifier, labels), ctx.schedule, ctx.space,
+                                   self.scale)
+
+
+class EnergyGuidance:
+    """Energy guidance as a hook: ε̃ = ε + λ σ_t P ∇_x E_t(x) (the score of q_t e^{−λE_t}; EEGSDE, Bao et al. 2023),
+    with the energy built for the sampling space by ``energy_for(ctx) -> E(x, t) [B]`` (so it can read the space's
+    conditions and layout, e.g. a molecule's property targets and its graph index)."""
+
+    def __init__(self, energy_for: Callable[[GuidanceContext], LogProbFn], scale: float) -> None:
+        self.energy_for, self.scale = energy_for, float(scale)
+
+    def __call__(self, eps_fn: EpsFn, ctx: GuidanceContext) -> EpsFn:
+        return energy_guidance(eps_fn, self.energy_for(ctx), ctx.schedule, ctx.space, self.scale)
+
+
+def apply_guidance(eps_fn: EpsFn, hooks: GuidanceHook | Sequence[GuidanceHook] | None,
+                   ctx: GuidanceContext) -> EpsFn:
+    """Wrap ``eps_fn`` with one hook or a sequence of hooks, in order (None: unchanged)."""
+    if hooks is None:
+        return eps_fn
+    for hook in ([hooks] if callable(hooks) else list(hooks)):
+        eps_fn = hook(eps_fn, ctx)
+    return eps_fn

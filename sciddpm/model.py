@@ -6,8 +6,9 @@ draw x_T is made on the CPU so that a seed gives the same starting state on ever
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,17 +16,16 @@ from torch.utils.data import DataLoader
 
 from .domain import Domain
 from .objectives import eps_predictor
-from .samplers import SamplerOutput, get_sampler, prior_sample, time_grid
+from .guidance import GuidanceContext, GuidanceHook, apply_guidance
+from .samplers import SamplerOutput, StepCallback, get_sampler, prior_sample, time_grid
 from .schedules import NoiseSchedule
 
 
 # ==================================================================================================
 # Sampling (shared by the in-memory EMA model and a loaded export, so both give identical samples)
 # ==================================================================================================
-def _accepts_generator(fn: Any) -> bool:
-    import inspect
-
-    return "generator" in inspect.signature(fn).parameters
+def _accepts(fn: Any, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
 
 
 @dataclass
@@ -41,38 +41,61 @@ class DiffusionModel:
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0, grid: str = "uniform",
-               progress: bool = False, variance: str = "beta_tilde") -> SamplerOutput:
+               progress: bool = False, variance: str = "beta_tilde", conditions: dict[str, Any] | None = None,
+               guidance: GuidanceHook | Sequence[GuidanceHook] | None = None,
+               callback: StepCallback | None = None, **sampler_options: Any) -> SamplerOutput:
         """Draw n samples: x_T ~ prior, then ``sampler`` on ``time_grid(schedule, steps, grid)``.
 
-        ``variance`` (for ``ddpm``): ``beta_tilde``, ``beta`` or ``analytic`` (Analytic-DPM from the Γ table saved
-        by ``estimate_variance``, with the domain's data range and last-step resolution).
+        ``conditions``: per-sample conditions for the domain's ``sample_space`` (class labels, low-resolution
+        inputs, property targets …; see the domain's ``condition_keys``); the returned ``SamplerOutput.space``
+        carries them, so ``write_samples`` / ``evaluate`` see what was sampled. ``guidance``: hooks
+        ``hook(eps_fn, GuidanceContext) -> eps_fn`` (``sciddpm.guidance.ClassifierFree``, ``ClassifierGuidance``,
+        ``EnergyGuidance``) wrapped around the model's ε in order. ``variance`` (for ``ddpm``/``ddim``):
+        ``beta_tilde`` (ddpm's default), ``beta`` or ``analytic`` (Analytic-DPM from the Γ table saved by
+        ``estimate_variance``, with the domain's data range and last-step resolution). ``callback`` receives a
+        ``SamplerStep`` after every sampler step; ``progress`` shows a bar that counts steps. ``sampler_options``
+        go to the sampler (e.g. ``eta`` for ddim); unknown ones are a ValueError naming them.
         """
         if n < 1:
             raise ValueError(f"number of samples must be >= 1, got {n}")
         fn = get_sampler(sampler)
+        accepted = set(inspect.signature(fn).parameters) - {"eps_fn", "schedule", "space", "x", "grid", "callback",
+                                                             "generator", "variance"}
+        unknown = sorted(set(sampler_options) - accepted)
+        if unknown:
+            raise ValueError(f"unknown option {unknown[0]!r} for sampler {sampler!r}; valid options: "
+                             f"{', '.join(sorted(accepted)) or 'none'}")
         self.net.eval()
         gen = torch.Generator().manual_seed(seed)
-        space = self.domain.sample_space(n, gen)
+        space = self.domain.sample_space(n, gen, conditions)
         x_t = prior_sample(self.schedule, space, gen, torch.float32)  # on the CPU: the same x_T on every device
         device = self.device
         if device.type != "cpu":
             space, x_t = space.to(device), x_t.to(device)
             gen = torch.Generator(device=device).manual_seed(seed)
-        eps = eps_predictor(self.net, self.schedule, space, self.parameterization, **self.domain.sample_condition(space))
+        condition = self.domain.network_condition(space)
+        eps = eps_predictor(self.net, self.schedule, space, self.parameterization, **condition)
+        if guidance is not None:
+            ctx = GuidanceContext(self.net, self.schedule, space, self.parameterization, condition,
+                                  self.domain.null_condition(space))
+            eps = apply_guidance(eps, guidance, ctx)
         grid_t = time_grid(self.schedule, steps, grid)  # type: ignore[arg-type]
-        kwargs: dict[str, Any] = {"generator": gen} if _accepts_generator(fn) else {}
+        kwargs: dict[str, Any] = {"generator": gen} if _accepts(fn, "generator") else {}
         if variance != "beta_tilde":
-            if sampler != "ddpm":
-                raise ValueError(f"variance {variance!r} needs the ddpm sampler, not {sampler!r}")
-            kwargs["variance"] = self.analytic_table(grid_t) if variance == "analytic" else variance
-        from tqdm.auto import tqdm
+            if not _accepts(fn, "variance"):
+                raise ValueError(f"variance {variance!r} needs the ddpm or ddim sampler, not {sampler!r}")
+            kwargs["variance"] = self.analytic_table(grid_t, sampler_options.get("eta", 0.0) if sampler == "ddim"
+                                                     else None) if variance == "analytic" else variance
+        from .progress import sampling_progress
 
-        with tqdm(total=steps, desc=f"{sampler} sampling", unit="nfe", disable=not progress) as bar:
-            def counted(x: Tensor, t: Tensor) -> Tensor:
-                bar.update(1)
-                return eps(x, t)
+        total = None if sampler == "rk45" else steps
+        with sampling_progress(total, f"{sampler} sampling", enabled=progress) as bar:
+            def report(step: Any) -> None:
+                bar(step)
+                if callback is not None:
+                    callback(step)
 
-            out = fn(counted, self.schedule, space, x_t, grid_t, **kwargs)
+            out = fn(eps, self.schedule, space, x_t, grid_t, callback=report, **kwargs, **sampler_options)
         out.space = space
         return out
 
@@ -87,14 +110,15 @@ class DiffusionModel:
         self.net.to(device)
         return self
 
-    def analytic_table(self, grid: Tensor) -> Tensor:
-        """Analytic-DPM variances for ``grid`` from the saved Γ table (ValueError if none was estimated)."""
+    def analytic_table(self, grid: Tensor, eta: float | None = None) -> Tensor:
+        """Analytic-DPM variances for ``grid`` from the saved Γ table (ValueError if none was estimated): DDPM's
+        (``eta`` None) or DDIM(η)'s optimal variance (Bao et al. 2022a, Thm. 1)."""
         from .variances import GammaTable, variance_table
 
         if "gamma" not in self.variances:
             raise ValueError("this model has no Gamma table: run `sciddpm estimate-variance` on its export first")
         table = GammaTable.from_state_dict(self.variances)
-        return variance_table(self.schedule, grid, table, data_range=self.domain.data_range,
+        return variance_table(self.schedule, grid, table, eta=eta, data_range=self.domain.data_range,
                               last_step_resolution=self.domain.resolution)
 
     def estimate_gamma(self, batches: int = 8, batch_size: int = 64, num_times: int = 100, seed: int = 0):
@@ -117,7 +141,7 @@ class DiffusionModel:
                 break
             batch = _move(batch, device)
             space = self.domain.space_for(batch)
-            pairs.append((self.domain.state_from(batch), space, self.domain.condition_from(batch)))
+            pairs.append((self.domain.state_from(batch), space, self.domain.network_condition(space)))
 
         def batches_iter():
             for x0, space, cond in pairs:

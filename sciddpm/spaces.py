@@ -245,9 +245,15 @@ class MaskedSpace(SetLayout):
 
 # ==================================================================================================
 class GraphSpace(SetLayout):
-    """Flat graph batches (PyG): node states [n_nodes, F] with ``batch`` [n_nodes] giving each node's sample."""
+    """Flat graph batches (PyG): node states [n_nodes, F] with ``batch`` [n_nodes] giving each node's sample, and
+    optionally the batch's ``edge_index`` [2, n_edges] (part of the layout, so it travels with the space)."""
 
-    def __init__(self, batch: Tensor, feature_dim: int, num_graphs: int | None = None) -> None:
+    def __init__(self, batch: Tensor, feature_dim: int, num_graphs: int | None = None,
+                 edge_index: Tensor | None = None) -> None:
+        if edge_index is not None and (edge_index.dim() != 2 or edge_index.shape[0] != 2):
+            raise ValueError(f"edge_index must be a long tensor [2, n_edges], got shape {tuple(edge_index.shape)}")
+        #: The batch's edges (PyG ``edge_index``, node indices into the flat batch), where the graph has them.
+        self.edge_index = edge_index
         if batch.dim() != 1 or batch.dtype != torch.long:
             raise ValueError(f"batch index must be a long tensor [n_nodes], got dtype {batch.dtype} shape {tuple(batch.shape)}")
         if feature_dim < 1:
@@ -265,7 +271,8 @@ class GraphSpace(SetLayout):
             0, batch, torch.ones_like(batch))
 
     def _to(self, device: torch.device | str) -> "GraphSpace":
-        return GraphSpace(self.batch.to(device), self.feature_dim, self.batch_size)
+        return GraphSpace(self.batch.to(device), self.feature_dim, self.batch_size,
+                          None if self.edge_index is None else self.edge_index.to(device))
 
     def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.randn(self.shape, generator=generator, dtype=dtype, device=self.device)

@@ -220,7 +220,7 @@ class DiffusionModule(L.LightningModule):
                 gen = torch.Generator().manual_seed(_shard_seed(self.cfg.seed, self.global_step, rank + world * j))
             out = denoising_loss(self, self.schedule, space, x0, parameterization=self.cfg.parameterization,
                                  weighting=self.cfg.weighting, importance_sampling=self.cfg.importance_sampling,
-                                 generator=gen, **self.domain.condition_from(shard))
+                                 generator=gen, **self.domain.training_condition(space, gen))
             total = total + out.loss / len(shards)
         self.log("train_loss", total, on_step=True, prog_bar=True, batch_size=self.cfg.batch_size)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=self.cfg.batch_size)

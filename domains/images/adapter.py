@@ -9,22 +9,25 @@ evaluation classifier (NOT FID), plus classifier accuracy of class-conditional s
 Options (``data:``): ``path`` (folder of the four IDX ``.gz`` files; default the committed subset
 ``tests/data/fashion_mnist_subset``, real runs ``../shared/data/fashion_mnist``), ``max_train`` (optional cap on
 training images, first N), ``n_reference`` (test images for FD, default 2000), ``class_conditional`` (bool),
-``p_uncond`` (label dropout to the null token during training, default 0.1: classifier-free guidance,
-Ho & Salimans 2022), ``guidance_scale`` (λ for sampling a conditional model: ε̃ = ε(x|∅) + λ(ε(x|c) − ε(x|∅));
-unset = plain conditional, λ = 1), ``sample_class`` (an int: all samples of this class; default: classes cycle
-0..9), ``classifier`` (evaluation-classifier weights; default the committed ones), ``super_resolution`` (an int
-factor f ≥ 2 dividing 28, default off: SR3, Saharia et al. 2021, see ``sr3.py``).
+``p_uncond`` (label dropout to the null token during training, default 0.1, so that one network is also the
+unconditional model: classifier-free guidance, Ho & Salimans 2022), ``classifier`` (evaluation-classifier weights;
+default the committed ones), ``super_resolution`` (an int factor f ≥ 2 dividing 28, default off: SR3, Saharia et
+al. 2021, see ``sr3.py``).
 
-Super-resolution (``super_resolution: f``): the UNet gets ``cond_channels = 1`` and is trained on
-ε(x_t, t | x_LR) with x_LR = ``sr3.downsample(x₀, f)`` (bicubic, anti-aliased, clamped) of each training batch.
-Sampling n images super-resolves the LR versions of the **first n test images** (``sample_space`` stores them in
-``self.sr_high`` / ``self.sr_low``; n may not exceed the test split), and ``evaluate`` then adds PSNR and SSIM (8-bit
-pixels, ``metrics.psnr``/``metrics.ssim``) of the samples vs those HR test images and of bicubic upsampling of the
-same LR inputs (``bicubic_psnr``/``bicubic_ssim``), next to the FD-classifier.
+Conditions (``DiffusionModel.sample(conditions=...)``, ``sciddpm sample --condition``), carried by the sampling
+space (``Space.condition``), so the domain keeps no sampling state:
 
-Conditioning and samples: ``DiffusionModel.sample`` calls ``sample_space`` then ``sample_condition``; the labels
-drawn for the last ``sample_space`` are kept in ``self.sample_labels`` so that ``evaluate`` can score accuracy.
-``evaluate`` also accepts an explicit ``(samples, labels)`` tuple.
+- ``y``: class labels of a class-conditional model, an int (all samples) or n ints in 0..9; default: classes
+  cycling 0..9. Classifier-free guidance is a sampling hook: ``sample(guidance=sciddpm.guidance.ClassifierFree(λ))``
+  gives ε̃ = ε(x|∅) + λ(ε(x|c) − ε(x|∅)) with ``null_condition`` (the null token, index 10).
+- ``low_res``: the LR inputs [n, 1, 28/f, 28/f] in [−1, 1] of a super-resolution model (SR3: the UNet gets
+  ``cond_channels = 1`` and is trained on ε(x_t, t | x_LR) with x_LR = ``sr3.downsample(x₀, f)``); default: the LR
+  versions of the **first n test images**, whose HR images then travel as ``reference``.
+- ``reference``: HR images [n, 1, 28, 28] to score super-resolved samples against; ``evaluate`` then adds PSNR and
+  SSIM (8-bit pixels) of the samples and of bicubic upsampling of the same LR inputs.
+
+``evaluate`` scores class-conditional samples' accuracy against the labels their space carries (or an explicit
+``(samples, labels)`` tuple).
 """
 from __future__ import annotations
 
@@ -37,7 +40,6 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from sciddpm.domain import Domain, register_domain
-from sciddpm.guidance import batched_pair, classifier_free_guidance
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
 
@@ -50,23 +52,6 @@ DEFAULT_PATH = Path(__file__).resolve().parents[2] / "tests" / "data" / "fashion
 SMALL_UNET: dict[str, Any] = {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
                               "attention_resolutions": [], "dropout": 0.0, "norm_groups": 8}
 NUM_CLASSES = 10
-
-
-class ImagesUNet(UNet):
-    """The UNet with classifier-free guidance at call time: ``net(x, t, y, guidance_scale=λ)`` returns
-    ε(x|∅) + λ(ε(x|y) − ε(x|∅)) from one doubled batch (``sciddpm.guidance``); same weights as ``UNet``."""
-
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond_image: Tensor | None = None,
-                return_features: bool = False, guidance_scale: float | None = None) -> Any:
-        if guidance_scale is None or y is None or return_features:
-            return super().forward(x, t, y=y, cond_image=cond_image, return_features=return_features)
-        null = torch.full_like(torch.as_tensor(y, device=x.device).long(), self.num_classes)
-        base = super().forward
-        img = {} if cond_image is None else {"cond_image": cond_image}  # SR3: the same LR image in both halves
-        pair = batched_pair(lambda x_, t_, **c: base(x_, t_, **c), {"y": y.to(x.device).long(), **img},
-                            {"y": null, **img})
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        return classifier_free_guidance(pair, float(guidance_scale))(x, t)
 
 
 @register_domain
@@ -86,9 +71,6 @@ class ImagesDomain(Domain):
         if sr not in (None, 0, False) and (isinstance(sr, bool) or not isinstance(sr, int) or sr < 2 or 28 % sr):
             raise ValueError(f"super_resolution must be an int factor >= 2 dividing 28 (e.g. 2), got {sr!r}")
         self.sr_factor: int = int(sr or 0)
-        self.sr_high: Tensor | None = None
-        self.sr_low: Tensor | None = None
-        self.sample_labels: Tensor | None = None
         self._cache: dict[str, TensorDataset] = {}
         self._classifier = None
 
@@ -128,57 +110,75 @@ class ImagesDomain(Domain):
             cfg["num_classes"] = NUM_CLASSES
         if self.sr_factor:
             cfg["cond_channels"] = cfg.get("in_channels", 1)
-        return ImagesUNet(**cfg)
+        return UNet(**cfg)
 
     def space_for(self, batch: Any) -> DenseSpace:
+        """The images' space carrying their labels (``y``, class-conditional) and LR inputs (``cond_image``, SR3:
+        ``sr3.downsample(x₀, f)``) with the HR images themselves as ``reference``."""
         x = batch[0]
-        return DenseSpace(x.shape, device=x.device)
+        return DenseSpace(x.shape, device=x.device).with_condition(self._data_condition(x, batch[1]))
+
+    def _data_condition(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        cond: dict[str, Tensor] = {}
+        if self.conditional:
+            cond["y"] = y.long()
+        if self.sr_factor:
+            cond["cond_image"], cond["reference"] = downsample(x, self.sr_factor), x
+        return cond
 
     def state_from(self, batch: Any) -> Tensor:
         return batch[0]
 
-    def condition_from(self, batch: Any) -> dict[str, Any]:
-        """{"y": labels} with each label replaced by the null token (index 10) with probability ``p_uncond``;
-        with ``super_resolution`` also {"cond_image": sr3.downsample(x₀, f)} (SR3's LR input)."""
-        cond: dict[str, Any] = {"cond_image": downsample(batch[0], self.sr_factor)} if self.sr_factor else {}
-        if not self.conditional:
-            return cond
-        y = batch[1].long()
-        drop = torch.rand(y.shape, device=y.device) < self.p_uncond
-        return {**cond, "y": torch.where(drop, torch.full_like(y, NUM_CLASSES), y)}
+    def network_condition(self, space: Any) -> dict[str, Any]:
+        """{"y": labels} (class-conditional) and {"cond_image": x_LR} (SR3) from the space's condition."""
+        return {k: v for k, v in space.condition.items() if k in ("y", "cond_image")}
 
-    def sr_pair(self, n: int) -> tuple[Tensor, Tensor]:
-        """(HR, LR) of the first n test images (CPU, [−1, 1]); stored in ``sr_high``/``sr_low`` for ``evaluate``."""
-        high = self.val_dataset(self.options).tensors[0]
-        if n > len(high):
-            raise ValueError(f"super-resolution samples the first n test images; n = {n} > {len(high)} in the split")
-        self.sr_high, self.sr_low = high[:n], downsample(high[:n], self.sr_factor)
-        return self.sr_high, self.sr_low
-
-    def sample_space(self, n: int, generator: torch.Generator | None = None) -> DenseSpace:
-        if self.conditional:
-            cls = self.options.get("sample_class")
-            self.sample_labels = (torch.full((n,), int(cls), dtype=torch.long) if cls is not None
-                                  else torch.arange(n) % NUM_CLASSES)
-        if self.sr_factor:
-            self.sr_pair(n)
-        return DenseSpace((n, 1, 28, 28))
-
-    def sample_condition(self, space: Any) -> dict[str, Any]:
-        cond: dict[str, Any] = {}
-        if self.sr_factor:
-            low = self.sr_low if self.sr_low is not None and len(self.sr_low) == space.batch_size else None
-            cond["cond_image"] = (low if low is not None else self.sr_pair(space.batch_size)[1]).to(space.device)
-        if not self.conditional:
-            return cond
-        labels = self.sample_labels
-        if labels is None or len(labels) != space.batch_size:
-            labels = torch.arange(space.batch_size) % NUM_CLASSES
-            self.sample_labels = labels
-        cond["y"] = labels.to(space.device)
-        if self.options.get("guidance_scale") is not None:
-            cond["guidance_scale"] = float(self.options["guidance_scale"])
+    def training_condition(self, space: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """The network inputs with each label replaced by the null token (index 10) with probability ``p_uncond``
+        (condition dropout: the same network learns ε(x|∅), Ho & Salimans 2022)."""
+        cond = self.network_condition(space)
+        if "y" in cond:
+            y = cond["y"]
+            u = torch.rand(y.shape, generator=generator, device=generator.device if generator is not None else y.device)
+            cond["y"] = torch.where(u.to(y.device) < self.p_uncond, torch.full_like(y, NUM_CLASSES), y)
         return cond
+
+    def null_condition(self, space: Any) -> dict[str, Any] | None:
+        """The unconditional model's inputs: every label set to the null token (the LR input, if any, is kept)."""
+        if not self.conditional:
+            return None
+        cond = self.network_condition(space)
+        cond["y"] = torch.full_like(cond["y"], NUM_CLASSES)
+        return cond
+
+    def condition_keys(self) -> tuple[str, ...]:
+        return (("y",) if self.conditional else ()) + (("low_res", "reference") if self.sr_factor else ())
+
+    def sample_space(self, n: int, generator: torch.Generator | None = None,
+                     conditions: dict[str, Any] | None = None) -> DenseSpace:
+        """n images [n, 1, 28, 28] carrying their labels and LR inputs (see the module docstring)."""
+        given = self.check_conditions(conditions)
+        cond: dict[str, Tensor] = {}
+        if self.conditional:
+            cond["y"] = _labels(given.get("y"), n)
+        if self.sr_factor:
+            cond.update(self._sr_condition(n, given.get("low_res"), given.get("reference")))
+        return DenseSpace((n, 1, 28, 28)).with_condition(cond)
+
+    def _sr_condition(self, n: int, low: Any, reference: Any) -> dict[str, Tensor]:
+        size = 28 // self.sr_factor
+        if low is None:
+            high = self.val_dataset(self.options).tensors[0]
+            if reference is not None:
+                raise ValueError("condition 'reference' needs the 'low_res' inputs it belongs to")
+            if n > len(high):
+                raise ValueError(f"super-resolution of the test images samples the first n of them; n = {n} > "
+                                 f"{len(high)} in the split (give condition 'low_res' instead)")
+            return {"cond_image": downsample(high[:n], self.sr_factor), "reference": high[:n]}
+        out = {"cond_image": _images(low, "low_res", n, size)}
+        if reference is not None:
+            out["reference"] = _images(reference, "reference", n, 28)
+        return out
 
     # -- output -----------------------------------------------------------------------------------
     def write_samples(self, path: Path, samples: Tensor, space: Any = None) -> None:
@@ -207,26 +207,54 @@ class ImagesDomain(Domain):
         return self._classifier
 
     def evaluate(self, samples: Any, space: Any = None) -> dict[str, float]:
-        """FD-classifier vs the first ``n_reference`` test images; accuracy of conditional samples if labelled;
-        with ``super_resolution`` also PSNR/SSIM vs the first len(samples) HR test images and the bicubic baseline."""
+        """FD-classifier vs the first ``n_reference`` test images; accuracy of conditional samples against the
+        labels their space carries (or an explicit ``(samples, labels)`` tuple); with ``super_resolution`` and a
+        ``reference`` in the space, PSNR/SSIM of the samples and of the bicubic baseline against it."""
         from .metrics import classifier_accuracy, fd_classifier
 
         labels = None
+        condition = getattr(space, "condition", {}) or {}
         if isinstance(samples, (tuple, list)):
             samples, labels = samples
-        elif self.conditional and self.sample_labels is not None and len(self.sample_labels) == len(samples):
-            labels = self.sample_labels
+        elif "y" in condition:
+            labels = condition["y"].cpu()
         x = samples.detach().cpu().float().clamp(-1, 1)
         ref = self.val_dataset(self.options).tensors[0][: int(self.options.get("n_reference", 2000))]
         clf = self._eval_classifier()
         out = {"fd_classifier": fd_classifier(x, ref, clf), "n_samples": float(len(x)), "n_reference": float(len(ref))}
         if labels is not None:
             out["classifier_accuracy"] = classifier_accuracy(x, labels, clf)
-        if self.sr_factor:
-            high, low = ((self.sr_high, self.sr_low) if self.sr_high is not None and len(self.sr_high) == len(x)
-                         else self.sr_pair(len(x)))
-            out.update(sr_metrics(x, high, low))
+        if self.sr_factor and "reference" in condition:
+            out.update(sr_metrics(x, condition["reference"].cpu(), condition["cond_image"].cpu()))
         return out
+
+
+def _labels(value: Any, n: int) -> Tensor:
+    """Class labels [n] from an int (all samples) or n ints in 0..9 (default: classes cycling 0..9)."""
+    if value is None:
+        return torch.arange(n) % NUM_CLASSES
+    y = torch.as_tensor(value)
+    if y.is_floating_point() and bool((y != y.round()).any()):
+        raise ValueError(f"condition 'y' must hold integer class labels, got {value!r}")
+    y = y.long().reshape(-1)
+    y = y.expand(n).clone() if y.numel() == 1 else y
+    if y.numel() != n:
+        raise ValueError(f"condition 'y' holds {y.numel()} labels for {n} samples")
+    if bool(((y < 0) | (y >= NUM_CLASSES)).any()):
+        raise ValueError(f"condition 'y' must lie in 0..{NUM_CLASSES - 1}, got {sorted(set(y.tolist()))}")
+    return y
+
+
+def _images(value: Any, name: str, n: int, size: int) -> Tensor:
+    """Images [n, 1, size, size] in [−1, 1] (a tensor or array); one-line ValueError naming ``name`` otherwise."""
+    x = torch.as_tensor(value, dtype=torch.float32)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if tuple(x.shape) != (n, 1, size, size):
+        raise ValueError(f"condition {name!r} has shape {tuple(x.shape)}; expected ({n}, 1, {size}, {size})")
+    if not bool(torch.isfinite(x).all()) or float(x.abs().max()) > 1.0 + 1e-6:
+        raise ValueError(f"condition {name!r} must hold finite values in [-1, 1]")
+    return x
 
 
 def image_grid(samples: Tensor, nrow: int = 10) -> np.ndarray:

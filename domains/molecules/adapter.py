@@ -20,11 +20,19 @@ or ``{"type": "e3nn", **E3NNDynamics kwargs}``.
 Schedule: the domain's ``default_schedule`` is EDM's ``EDM_SCHEDULE`` (polynomial_2, 1000 steps, precision 1e-5),
 used whenever a training config names no schedule.
 
-Samples and their molecule index: the molecule layout lives in the sampling space (its graph ``batch`` index, and a
-conditional model's per-molecule conditions, ``MoleculeSpace.context``). ``sample_condition(space)`` hands them and
-the atom pairs to the network (``net(x, t, batch=..., num_graphs=..., edge_index=..., context=...)``), and
+Conditions (``DiffusionModel.sample(conditions=...)``, ``sciddpm sample --condition``) travel in the sampling space
+(``Space.condition``), and the layout (graph ``batch`` index, all atom pairs as the graph part's ``edge_index``) is
+the space itself, so the domain keeps no sampling state:
+
+- ``n_atoms``: atom counts, an int (all molecules) or n ints (≥ 2, within the training histogram's range); default
+  drawn from the training histogram;
+- a conditional model's properties, by EDM's short name or QM9 field (``alpha``, ``gap`` …), each a number or n
+  numbers in physical units; default ``sample_properties`` (domain option), else each molecule's condition drawn
+  with its size from the training split's p(c | N). The space carries them normalised as ``context`` [n, k].
+
+``network_condition(space)`` hands the network ``batch``, ``num_graphs``, ``edge_index`` and ``context``;
 ``write_samples`` / ``plot_samples`` / ``evaluate`` decode a flat state with the samples' ``space`` (the engine
-passes ``SamplerOutput.space``) or an explicit ``(samples, batch)`` tuple. The domain keeps no sampling state.
+passes ``SamplerOutput.space``) or an explicit ``(samples, batch)`` tuple.
 """
 from __future__ import annotations
 
@@ -43,7 +51,7 @@ from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import GraphSpace, ProductSpace, ZeroCoMSpace
 
 from .backbone import EGNNDynamics, fully_connected_edges
-from .conditioning import MoleculeSpace, PropertyConditioning, resolve_properties
+from .conditioning import EDM_PROPERTY_NAMES, PropertyConditioning, resolve_properties
 from .data import MoleculeSizeSampler, QM9Dataset, load_qm9
 from .metrics import ATOMIC_NUMBERS, ELEMENTS, bond_order_matrix, evaluate_molecules, write_sdf, xyz_block
 
@@ -116,7 +124,7 @@ class MoleculeNet(nn.Module):
                 edge_index: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         if batch is None:
             raise ValueError("the molecule network needs batch= (the molecule index of every atom); the domain's "
-                             "sample_condition(space) provides it for sampling")
+                             "network_condition(space) provides it")
         if edge_index is not None:
             edge_index = edge_index.to(x_t.device)
         if context is not None:
@@ -212,24 +220,33 @@ class MoleculesDomain(Domain):
         return MoleculeNet(net)
 
     @staticmethod
-    def _space(batch: Tensor, num_graphs: int, context: Tensor | None = None) -> MoleculeSpace:
-        return MoleculeSpace([ZeroCoMSpace(GraphSpace(batch, 3, num_graphs)), GraphSpace(batch, N_FEATURES, num_graphs)],
-                             context)
+    def _space(batch: Tensor, num_graphs: int, context: Tensor | None = None,
+               edge_index: Tensor | None = None) -> ProductSpace:
+        """positions (zero CoM) ⊕ features over one graph batch; the atom pairs ride on the feature part."""
+        space = ProductSpace([ZeroCoMSpace(GraphSpace(batch, 3, num_graphs)),
+                              GraphSpace(batch, N_FEATURES, num_graphs, edge_index)])
+        return space.with_condition({"context": context}) if context is not None else space
 
-    def space_for(self, batch: Any) -> MoleculeSpace:
-        return self._space(batch.batch, int(batch.num_graphs), getattr(batch, "context", None))
+    def space_for(self, batch: Any) -> ProductSpace:
+        return self._space(batch.batch, int(batch.num_graphs), getattr(batch, "context", None),
+                           getattr(batch, "edge_index", None))
 
     def state_from(self, batch: Any) -> Tensor:
         return batch.x
 
-    def condition_from(self, batch: Any) -> dict[str, Any]:
-        cond = {"batch": batch.batch, "num_graphs": int(batch.num_graphs)}
-        if getattr(batch, "edge_index", None) is not None:
-            cond["edge_index"] = batch.edge_index
+    def network_condition(self, space: Any) -> dict[str, Any]:
+        """The network's keywords for states in ``space``: the molecule index of every atom, the number of molecules,
+        all atom pairs (carried by the space; built here once if it has none) and a conditional model's context."""
+        batch, n = self.batch_of(space)
+        edges = space.parts[-1].edge_index
+        cond = {"batch": batch, "num_graphs": n,
+                "edge_index": edges if edges is not None else torch.stack(fully_connected_edges(batch, n))}
         if self.properties:
-            if getattr(batch, "context", None) is None:
-                raise ValueError(f"the model is conditioned on {list(self.properties)} but the batch has no context")
-            cond["context"] = batch.context
+            context = space.condition.get("context")
+            if context is None:
+                raise ValueError(f"the model is conditioned on {list(self.properties)} but the molecules' space "
+                                 "carries no context (sample in a space from sample_space)")
+            cond["context"] = context
         return cond
 
     # ---------------------------------------------------------------------------------------- sampling
@@ -241,20 +258,44 @@ class MoleculesDomain(Domain):
         hist[:2] = 0
         return MoleculeSizeSampler(hist)
 
-    def sample_space(self, n: int, generator: torch.Generator | None = None) -> MoleculeSpace:
-        """n molecules with sizes drawn from the training-set histogram (the layout is the space's batch index).
+    def condition_keys(self) -> tuple[str, ...]:
+        short = {v: k for k, v in EDM_PROPERTY_NAMES.items()}
+        return ("n_atoms",) + tuple(name for f in self.properties for name in dict.fromkeys((f, short.get(f, f))))
 
-        A conditional model's molecules also get their conditions (``space.context``): ``sample_properties``
-        (domain option, physical units) for all, else each drawn with its size from the training split's p(c | N).
-        """
-        sizes = self.size_sampler().sample(n, generator)
+    def sample_space(self, n: int, generator: torch.Generator | None = None,
+                     conditions: dict[str, Any] | None = None) -> ProductSpace:
+        """n molecules (sizes given as ``n_atoms`` or drawn from the training histogram) carrying their conditions
+        (see the module docstring); all atom pairs are built once here and travel with the space."""
+        given = self.check_conditions(conditions)
+        sizes = self._sizes(given.pop("n_atoms", None), n, generator)
         context = None
         conditioning = self._property_conditioning()
         if conditioning is not None:
-            targets = self.options.get("sample_properties")
-            context = (conditioning.targets(targets, n) if targets is not None
-                       else conditioning.sample(sizes, generator))
-        return self._space(torch.repeat_interleave(torch.arange(n), sizes), n, context)
+            if given:
+                context = conditioning.targets(given, n, source="conditions")
+            elif self.options.get("sample_properties") is not None:
+                context = conditioning.targets(self.options["sample_properties"], n)
+            else:
+                context = conditioning.sample(sizes, generator)
+        batch = torch.repeat_interleave(torch.arange(n), sizes)
+        return self._space(batch, n, context, torch.stack(fully_connected_edges(batch, n)))
+
+    def _sizes(self, value: Any, n: int, generator: torch.Generator | None) -> Tensor:
+        sampler = self.size_sampler()
+        if value is None:
+            return sampler.sample(n, generator)
+        sizes = torch.as_tensor(value)
+        if sizes.is_floating_point() and bool((sizes != sizes.round()).any()):
+            raise ValueError(f"condition 'n_atoms' must hold integers, got {value!r}")
+        sizes = sizes.long().reshape(-1)
+        sizes = sizes.expand(n).clone() if sizes.numel() == 1 else sizes
+        if sizes.numel() != n:
+            raise ValueError(f"condition 'n_atoms' holds {sizes.numel()} counts for {n} molecules")
+        bad = sizes[(sampler.log_prob(sizes) == float("-inf"))]
+        if bad.numel():
+            raise ValueError(f"condition 'n_atoms' = {int(bad[0])} is not a size of the training molecules "
+                             f"(2..{sampler.probs.numel() - 1} with non-zero count)")
+        return sizes
 
     @staticmethod
     def batch_of(space: Any) -> tuple[Tensor, int]:
@@ -262,19 +303,6 @@ class MoleculesDomain(Domain):
         if not (isinstance(space, ProductSpace) and isinstance(space.parts[-1], GraphSpace)):
             raise ValueError(f"expected a molecule space (ProductSpace of graph spaces), got {type(space).__name__}")
         return space.parts[-1].batch, space.batch_size
-
-    def sample_condition(self, space: Any) -> dict[str, Any]:
-        """The network's keywords for sampling in ``space``: the molecule index of every atom, the number of
-        molecules and all atom pairs, built once here instead of at every step."""
-        batch, n = self.batch_of(space)
-        cond = {"batch": batch, "num_graphs": n, "edge_index": torch.stack(fully_connected_edges(batch, n))}
-        if self.properties:
-            context = getattr(space, "context", None)
-            if context is None:
-                raise ValueError(f"the model is conditioned on {list(self.properties)}: sample in a space from "
-                                 "sample_space (it carries the conditions)")
-            cond["context"] = context
-        return cond
 
     def state_tensors(self) -> dict[str, Tensor]:
         if self.histogram is None:
@@ -337,7 +365,7 @@ class MoleculesDomain(Domain):
     def sample_targets(self, space: Any) -> list[dict[str, float]] | None:
         """Each molecule's conditions in ``space`` as ``{property: value}`` in physical units (None when the model
         or the space has no conditions)."""
-        context = getattr(space, "context", None)
+        context = getattr(space, "condition", {}).get("context")
         if self.conditioning is None or context is None:
             return None
         values = self.conditioning.denormalise(context.detach().cpu())

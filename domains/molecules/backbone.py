@@ -48,7 +48,7 @@ def fully_connected_edges(batch: Tensor, num_graphs: int) -> tuple[Tensor, Tenso
     i = k // (n_g − 1), j' = k mod (n_g − 1), j = j' + [j' ≥ i], in the molecule's (stable) node order.
     ``batch`` need not be sorted. Nothing is cached, so any batch works. The number of pairs depends on the
     data, so on a GPU this waits for it once: the molecules domain builds the pairs in its collate (on the CPU)
-    and in ``sample_condition`` (once per sampling run) and passes them as ``edge_index``.
+    and in ``sample_space`` (once per sampling run; the pairs travel with the space) and passes them as ``edge_index``.
     """
     counts = node_counts(batch, num_graphs)
     order = torch.argsort(batch, stable=True)  # node ids grouped by molecule
@@ -337,7 +337,7 @@ class EGNNDynamics(_CheckedCore):
         """ε̂(x_t, t): positions part x_final − x_t minus its per-molecule mean; feature part W_out h (no t, c).
 
         ``edge_index`` [2, n_pairs] (receiver i, sender j) lists every ordered pair of distinct atoms of each
-        molecule (the molecules domain's collate and ``sample_condition`` supply it); without it the pairs are
+        molecule (the molecules domain's collate and ``network_condition`` supply it); without it the pairs are
         built here from ``batch``. Inputs are checked (one device wait, see :func:`check_inputs`), then the
         tensor-only :meth:`forward_core` runs, compiled if :meth:`compile_core` was called.
         """

@@ -12,13 +12,11 @@ Names: the QM9 fields of :data:`.data.PROPERTY_FIELDS` or EDM's short names (``a
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
-
-from sciddpm.spaces import ProductSpace, Space
 
 from .data import PROPERTY_FIELDS, QM9Dataset
 
@@ -40,21 +38,6 @@ def resolve_properties(names: Sequence[str] | str) -> tuple[str, ...]:
             raise ValueError(f"property {name!r} appears twice in data.conditioning")
         out.append(field)
     return tuple(out)
-
-
-class MoleculeSpace(ProductSpace):
-    """A molecule sampling space (positions ⊕ features over a graph batch) that also carries each molecule's
-    normalised condition ``context`` [B, k] (or None), so the drawn conditions travel with the samples' layout."""
-
-    def __init__(self, parts: Sequence[Space], context: Tensor | None = None) -> None:
-        super().__init__(parts)
-        if context is not None and (context.dim() != 2 or context.shape[0] != self.batch_size):
-            raise ValueError(f"context has shape {tuple(context.shape)}; expected ({self.batch_size}, k)")
-        self.context = context
-
-    def to(self, device: torch.device | str) -> "MoleculeSpace":
-        return MoleculeSpace([p.to(device) for p in self.parts],
-                             None if self.context is None else self.context.to(device))
 
 
 class PropertyConditioning:
@@ -111,17 +94,24 @@ class PropertyConditioning:
             out[where] = self.table[pick, 1:]
         return self.normalise(out)
 
-    def targets(self, values: dict[str, float], count: int) -> Tensor:
-        """Normalised conditions [count, k] all set to ``values`` (physical units, every property named)."""
+    def targets(self, values: dict[str, Any], count: int, source: str = "sample_properties") -> Tensor:
+        """Normalised conditions [count, k] set to ``values`` (physical units, every property named; each a number
+        for all molecules or ``count`` numbers, one per molecule); ``source`` names the setting in errors."""
         names = {EDM_PROPERTY_NAMES.get(k, k): v for k, v in values.items()}
         unknown = sorted(set(names) - set(self.fields))
         if unknown or len(names) != len(self.fields):
-            raise ValueError(f"sample_properties must give exactly the conditioning properties {list(self.fields)}, "
+            raise ValueError(f"{source} must give exactly the conditioning properties {list(self.fields)}, "
                              f"got {sorted(values)}")
-        row = torch.tensor([float(names[f]) for f in self.fields], dtype=torch.float64)
-        if not bool(torch.isfinite(row).all()):
-            raise ValueError(f"sample_properties holds NaN or inf: {values}")
-        return self.normalise(row.expand(count, -1))
+        columns = []
+        for f in self.fields:
+            col = torch.as_tensor(names[f], dtype=torch.float64).reshape(-1)
+            if col.numel() not in (1, count):
+                raise ValueError(f"{source}: property {f!r} holds {col.numel()} values for {count} molecules")
+            columns.append(col.expand(count))
+        table = torch.stack(columns, dim=1)
+        if not bool(torch.isfinite(table).all()):
+            raise ValueError(f"{source} holds NaN or inf: {values}")
+        return self.normalise(table)
 
 
-__all__ = ["EDM_PROPERTY_NAMES", "MoleculeSpace", "PropertyConditioning", "resolve_properties"]
+__all__ = ["EDM_PROPERTY_NAMES", "PropertyConditioning", "resolve_properties"]

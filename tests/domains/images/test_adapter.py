@@ -7,6 +7,7 @@ import torch
 
 from sciddpm.domain import domain_class, known_domains
 from sciddpm.export import load
+from sciddpm.guidance import ClassifierFree
 from sciddpm.objectives import eps_predictor
 from sciddpm.samplers import ddim, prior_sample, time_grid
 from sciddpm.training import config_from_dict, fit
@@ -55,27 +56,72 @@ def test_train_export_load_sample_write(tmp_path):
 
 
 def test_class_conditional_cfg(tmp_path):
-    cfg = _config(class_conditional=True, p_uncond=0.5, guidance_scale=2.0)
+    cfg = _config(class_conditional=True, p_uncond=0.5)
     module = fit(cfg, tmp_path / "run", progress=False)
     net = module.net
     assert net.class_emb.num_embeddings == 11  # 10 classes + the null token
     dom = module.domain
     batch = dom.collate([dom.train_dataset(dom.options)[i] for i in range(64)])
-    y = dom.condition_from(batch)["y"]
+    space = dom.space_for(batch)
+    assert torch.equal(dom.network_condition(space)["y"], batch[1].long())  # the data's labels, as recorded
+    y = dom.training_condition(space, torch.Generator().manual_seed(0))["y"]  # condition dropout for training
     assert ((y == 10) | (y == batch[1])).all() and (y == 10).any() and (y != 10).any()
 
     model = load(tmp_path / "run" / "export")
     out = model.sample(4, sampler="ddpm", steps=3, seed=0)
     assert out.sample.shape == (4, 1, 28, 28) and torch.isfinite(out.sample).all()
-    assert model.domain.sample_labels.tolist() == [0, 1, 2, 3]
-    # guidance: λ = 1 is the conditional model, λ = 0 the unconditional (null-token) one
-    xt, t, lab = torch.randn(3, 1, 28, 28), torch.full((3,), 500.0), torch.tensor([1, 2, 3])
+    assert out.space.condition["y"].tolist() == [0, 1, 2, 3]  # default labels travel with the samples
+    given = model.sample(3, sampler="ddim", steps=3, seed=0, conditions={"y": [7, 7, 2]})
+    assert given.space.condition["y"].tolist() == [7, 7, 2]
+    # classifier-free guidance from outside the network: λ = 1 is the conditional model, λ = 0 the null-token one
+    cond_run = model.sample(3, sampler="ddim", steps=3, seed=1, conditions={"y": 4})
+    null_run = model.sample(3, sampler="ddim", steps=3, seed=1, conditions={"y": 10 - 10})
+    lam1 = model.sample(3, sampler="ddim", steps=3, seed=1, conditions={"y": 4}, guidance=ClassifierFree(1.0))
+    # tolerance: the doubled batch changes float32 convolution round-off (~1e-6 per call), grown by 1/α over the steps
+    torch.testing.assert_close(lam1.sample, cond_run.sample, atol=2e-4, rtol=0)
+    lam0 = model.sample(3, sampler="ddim", steps=3, seed=1, conditions={"y": 4}, guidance=ClassifierFree(0.0))
+    space = dom.sample_space(3, conditions={"y": 4})
+    null_space = space.with_condition(y=torch.full((3,), 10))
+    x_T = prior_sample(model.schedule, space, torch.Generator().manual_seed(1))
+    eps_null = eps_predictor(model.net, model.schedule, null_space, "eps", **dom.network_condition(null_space))
     with torch.no_grad():
-        cond, null = model.net(xt, t, y=lab), model.net(xt, t, y=torch.full((3,), 10))
-        torch.testing.assert_close(model.net(xt, t, y=lab, guidance_scale=1.0), cond, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(model.net(xt, t, y=lab, guidance_scale=0.0), null, atol=1e-5, rtol=1e-5)
-    metrics = model.domain.evaluate(out.sample.clamp(-1, 1))
+        expect = ddim(eps_null, model.schedule, null_space, x_T, time_grid(model.schedule, 3)).sample
+    torch.testing.assert_close(lam0.sample, expect, atol=2e-4, rtol=0)
+    assert not torch.allclose(null_run.sample, lam0.sample)  # class 0 is not the null token
+    metrics = model.domain.evaluate(out.sample.clamp(-1, 1), out.space)
     assert 0.0 <= metrics["classifier_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="unknown condition 'label'.*valid conditions: y"):
+        model.sample(2, conditions={"label": 1})
+    with pytest.raises(ValueError, match="condition 'y' must lie in 0..9"):
+        model.sample(2, conditions={"y": [3, 10]})
+
+
+def test_unconditional_model_refuses_guidance_and_conditions(tmp_path):
+    module = fit(_config(), tmp_path / "run", progress=False)
+    model = module.ema_model()
+    with pytest.raises(ValueError, match="unconditional mode"):
+        model.sample(2, steps=2, guidance=ClassifierFree(2.0))
+    with pytest.raises(ValueError, match="unknown condition 'y'.*valid conditions: none"):
+        model.sample(2, steps=2, conditions={"y": 1})
+
+
+def test_sampling_keeps_no_state_on_the_domain(tmp_path):
+    """Two condition sets from one domain object, in either order, give the same samples and scores."""
+    model = load_or_fit(tmp_path)
+    first_a = model.sample(4, sampler="ddim", steps=3, seed=0, conditions={"y": [1, 2, 3, 4]})
+    first_b = model.sample(4, sampler="ddim", steps=3, seed=0, conditions={"y": 9})
+    eval_b = model.domain.evaluate(first_b.sample.clamp(-1, 1), first_b.space)
+    again_a = model.sample(4, sampler="ddim", steps=3, seed=0, conditions={"y": [1, 2, 3, 4]})
+    eval_a = model.domain.evaluate(first_a.sample.clamp(-1, 1), first_a.space)  # scored after b was sampled
+    assert torch.equal(first_a.sample, again_a.sample)
+    assert eval_a == model.domain.evaluate(again_a.sample.clamp(-1, 1), again_a.space)
+    assert eval_b == model.domain.evaluate(first_b.sample.clamp(-1, 1), first_b.space)
+    assert not torch.equal(first_a.sample, first_b.sample)
+
+
+def load_or_fit(tmp_path):
+    fit(_config(class_conditional=True), tmp_path / "run", progress=False)
+    return load(tmp_path / "run" / "export")
 
 
 def test_gpu_script_tiny_on_cpu(tmp_path, monkeypatch):

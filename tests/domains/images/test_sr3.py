@@ -184,7 +184,8 @@ def test_sr_metrics_bicubic_row():
 # ------------------------------------------------------------------------------------------------ adapter
 def test_adapter_option_validation_and_off_by_default():
     assert ImagesDomain({}).build_backbone(TINY).cond_channels == 0
-    assert ImagesDomain({}).condition_from((_images(2), torch.zeros(2))) == {}
+    dom = ImagesDomain({})
+    assert dom.network_condition(dom.space_for((_images(2), torch.zeros(2)))) == {}
     for bad in (1, 3, "2", 2.0, True):
         with pytest.raises(ValueError, match="super_resolution"):
             ImagesDomain({"super_resolution": bad})
@@ -198,31 +199,32 @@ def test_adapter_end_to_end(tmp_path):
     assert module.global_step == 2 and module.net.cond_channels == 1
     dom = module.domain
     batch = dom.collate([dom.train_dataset(dom.options)[i] for i in range(4)])
-    cond = dom.condition_from(batch)
+    cond = dom.network_condition(dom.space_for(batch))
     torch.testing.assert_close(cond["cond_image"], downsample(batch[0]))
     model = load(tmp_path / "run" / "export")
     out = model.sample(5, sampler="dpm_solver_pp_2m", steps=2, seed=0)
     assert out.sample.shape == (5, 1, 28, 28) and torch.isfinite(out.sample).all()
     high = dom.val_dataset(dom.options).tensors[0][:5]
-    torch.testing.assert_close(model.domain.sr_high, high)  # the first n test images are super-resolved
-    torch.testing.assert_close(model.domain.sr_low, downsample(high))
-    metrics = model.domain.evaluate(out.sample)
+    torch.testing.assert_close(out.space.condition["reference"], high)  # the first n test images are super-resolved
+    torch.testing.assert_close(out.space.condition["cond_image"], downsample(high))
+    metrics = model.domain.evaluate(out.sample, out.space)
     for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "fd_classifier"):
         assert np.isfinite(metrics[key])
     assert metrics["bicubic_psnr"] > 15  # bicubic 2× on Fashion-MNIST is a reasonable image
     with pytest.raises(ValueError, match="test images"):
         model.domain.sample_space(10_000)
+    # user-given LR inputs: no reference, so no PSNR; a reference of the wrong shape is refused
+    own = model.sample(2, sampler="ddim", steps=2, seed=0, conditions={"low_res": downsample(high[:2])})
+    assert "psnr" not in model.domain.evaluate(own.sample, own.space)
+    with pytest.raises(ValueError, match=r"condition 'low_res' has shape \(2, 1, 28, 28\); expected \(2, 1, 14, 14\)"):
+        model.sample(2, conditions={"low_res": high[:2]})
 
 
 def test_adapter_sr_with_class_guidance():
-    dom = ImagesDomain({"super_resolution": 2, "class_conditional": True, "guidance_scale": 2.0})
-    torch.manual_seed(0)
-    net = dom.build_backbone({**TINY, "zero_init": False}).eval()
+    dom = ImagesDomain({"super_resolution": 2, "class_conditional": True})
     space = dom.sample_space(3)
-    cond = dom.sample_condition(space)
-    assert set(cond) == {"cond_image", "y", "guidance_scale"} and cond["cond_image"].shape == (3, 1, 14, 14)
-    x, t = _images(3), torch.full((3,), 400.0)
-    with torch.no_grad():
-        guided1 = net(x, t, y=cond["y"], cond_image=cond["cond_image"], guidance_scale=1.0)
-        plain = net(x, t, y=cond["y"], cond_image=cond["cond_image"])
-    torch.testing.assert_close(guided1, plain, atol=1e-5, rtol=1e-5)
+    cond = dom.network_condition(space)
+    assert set(cond) == {"cond_image", "y"} and cond["cond_image"].shape == (3, 1, 14, 14)
+    null = dom.null_condition(space)
+    assert (null["y"] == 10).all() and torch.equal(null["cond_image"], cond["cond_image"])  # LR kept in both halves
+    assert set(space.condition) == {"cond_image", "y", "reference"}

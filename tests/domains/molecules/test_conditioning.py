@@ -51,24 +51,45 @@ def test_joint_draw_keeps_size_and_property_together(domain):
     space = domain.sample_space(40, torch.Generator().manual_seed(3))
     batch, n = domain.batch_of(space)
     sizes = torch.bincount(batch, minlength=n)
-    raw = domain.conditioning.denormalise(space.context)
+    raw = domain.conditioning.denormalise(space.condition["context"])
     table = domain.conditioning.table
     for size, values in zip(sizes.tolist(), raw):
         same_size = table[table[:, 0] == size, 1:]
         assert torch.isclose(same_size, values, rtol=1e-6).all(1).any(), (size, values)
     again = domain.sample_space(40, torch.Generator().manual_seed(3))
-    assert torch.equal(again.context, space.context)  # reproducible from the generator
+    assert torch.equal(again.condition["context"], space.condition["context"])  # reproducible from the generator
     moved = space.to("cpu")
-    assert torch.equal(moved.context, space.context) and domain.sample_condition(moved)["context"] is moved.context
+    assert torch.equal(moved.condition["context"], space.condition["context"]) and domain.network_condition(moved)["context"] is moved.condition["context"]
 
 
 def test_fixed_targets_and_bad_targets():
     d = MoleculesDomain({**OPTIONS, "sample_properties": {"alpha": 75.0, "gap_hartree": 0.25}})
     space = d.sample_space(5, torch.Generator().manual_seed(0))
-    raw = d.conditioning.denormalise(space.context)
+    raw = d.conditioning.denormalise(space.condition["context"])
     assert torch.allclose(raw, torch.tensor([[75.0, 0.25]], dtype=torch.float64).expand(5, 2), rtol=1e-6)
     with pytest.raises(ValueError, match="sample_properties must give exactly"):
         MoleculesDomain({**OPTIONS, "sample_properties": {"alpha": 75.0}}).sample_space(2)
+
+
+def test_user_conditions_travel_with_the_space():
+    """Per-molecule targets and atom counts given at sampling time override the defaults and ride on the space."""
+    d = MoleculesDomain(dict(OPTIONS))
+    d.train_dataset(d.options)
+    a, b = torch.nonzero(d.histogram).flatten()[-2:].tolist()  # two atom counts the training split has
+    space = d.sample_space(3, torch.Generator().manual_seed(0),
+                           {"alpha": [70.0, 75.0, 80.0], "gap": 0.3, "n_atoms": [a, b, a]})
+    raw = d.conditioning.denormalise(space.condition["context"])
+    torch.testing.assert_close(raw, torch.tensor([[70.0, 0.3], [75.0, 0.3], [80.0, 0.3]], dtype=torch.float64))
+    assert torch.bincount(d.batch_of(space)[0]).tolist() == [a, b, a]
+    edges = space.parts[-1].edge_index
+    assert edges.shape == (2, 2 * a * (a - 1) + b * (b - 1))  # all pairs, built once and carried by the space
+    assert d.network_condition(space)["edge_index"] is edges
+    with pytest.raises(ValueError, match="unknown condition 'homo'"):
+        d.sample_space(2, conditions={"homo": 0.1})
+    with pytest.raises(ValueError, match="property 'alpha_bohr3' holds 2 values for 3 molecules"):
+        d.sample_space(3, conditions={"alpha": [1.0, 2.0], "gap": 0.3})
+    with pytest.raises(ValueError, match="condition 'n_atoms' = 1 is not a size"):
+        d.sample_space(2, conditions={"n_atoms": 1})
 
 
 def test_context_reaches_the_network(domain):
@@ -76,7 +97,7 @@ def test_context_reaches_the_network(domain):
     net = domain.build_backbone({"n_layers": 2, "hidden_nf": 16})
     assert net.dynamics.context_nf == 2
     batch = domain.collate([domain.train_dataset(OPTIONS)[i] for i in range(3)])
-    cond = domain.condition_from(batch)
+    cond = domain.network_condition(domain.space_for(batch))
     t = torch.full((3,), 300.0, dtype=torch.float64)
     with torch.no_grad():
         out = net(batch.x, t, **cond)
@@ -100,7 +121,7 @@ def test_conditional_training_export_and_sampling(tmp_path):
     model = load(tmp_path / "run" / "export")
     assert model.domain.conditioning is not None and model.domain._qm9 == {}  # nothing loaded from the data
     out = model.sample(3, sampler="ddpm", steps=4, seed=0)
-    assert out.space.context.shape == (3, 2) and torch.isfinite(out.sample).all()
+    assert out.space.condition["context"].shape == (3, 2) and torch.isfinite(out.sample).all()
     path = tmp_path / "mols.sdf"
     model.domain.write_samples(path, out.sample, out.space)
     from rdkit import Chem

@@ -73,7 +73,7 @@ def test_collated_pairs_match_built_pairs(domain_batch):
     domain, batch = domain_batch
     built = torch.stack(fully_connected_edges(batch.batch, batch.num_graphs))
     assert torch.equal(batch.edge_index, built)
-    assert torch.equal(domain.condition_from(batch)["edge_index"], built)
+    assert torch.equal(domain.network_condition(domain.space_for(batch))["edge_index"], built)
     net = _net()
     out_given, grads_given = _forward_and_grads(net, batch, edge_index=batch.edge_index)
     out_built, grads_built = _forward_and_grads(net, batch)
@@ -81,10 +81,10 @@ def test_collated_pairs_match_built_pairs(domain_batch):
     assert all(torch.equal(a, b) for a, b in zip(grads_given, grads_built))
 
 
-def test_sample_condition_carries_pairs(domain_batch):
+def test_sampling_space_carries_pairs(domain_batch):
     domain, _ = domain_batch
     space = domain.sample_space(5, torch.Generator().manual_seed(0))
-    cond = domain.sample_condition(space)
+    cond = domain.network_condition(space)
     assert torch.equal(cond["edge_index"], torch.stack(fully_connected_edges(cond["batch"], 5)))
 
 

@@ -38,7 +38,7 @@ def setup():
 
 def test_three_variances_share_draws_and_calls(setup):
     domain, schedule, net, gamma, batch = setup
-    space, x0, cond = domain.space_for(batch), domain.state_from(batch).double(), domain.condition_from(batch)
+    space, x0, cond = domain.space_for(batch), domain.state_from(batch).double(), domain.network_condition(domain.space_for(batch))
     raw = eps_predictor(net, schedule, space, "eps", **cond)
     eps = CachedEps(raw)
     k = 4
@@ -56,7 +56,7 @@ def test_three_variances_share_draws_and_calls(setup):
 
 def test_rows_use_molecule_degrees_of_freedom(setup):
     domain, schedule, net, gamma, batch = setup
-    space, x0, cond = domain.space_for(batch), domain.state_from(batch).double(), domain.condition_from(batch)
+    space, x0, cond = domain.space_for(batch), domain.state_from(batch).double(), domain.network_condition(domain.space_for(batch))
     res = variance_elbos(CachedEps(eps_predictor(net, schedule, space, "eps", **cond)), schedule, space, x0,
                          time_grid(schedule, 3), gamma)["analytic_dpm"]
     n_atoms = torch.bincount(batch.batch, minlength=8).double()
