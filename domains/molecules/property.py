@@ -10,6 +10,7 @@ with the L1 loss |ŷ − c̃|, whose MAD-scaled value is the MAE in the property
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Iterable
 
@@ -92,7 +93,7 @@ def predict(predictor: PropertyPredictor, conditioning: PropertyConditioning, ba
 def train_property_predictor(predictor: PropertyPredictor, loader: Iterable[Any], *, seconds: float,
                              max_steps: int = 0, lr: float = 5e-4, device: torch.device | str = "cpu",
                              schedule: Any = None, space_for: Any = None, log_every: int = 200) -> dict[str, Any]:
-    """AdamW (cosine decay over the time budget) on the L1 loss |ŷ − c̃| over PyG batches with ``context``, until
+    """AdamW (cosine decay over ``max_steps`` when given, else over the time budget) on the L1 loss |ŷ − c̃| over PyG batches with ``context``, until
     ``seconds`` or ``max_steps`` (0: no cap), cycling over ``loader``. A noise-aware predictor is trained on
     x_t = α_t x₀ + σ_t ε (ε drawn through ``space_for(batch)``, the zero-CoM molecule space) at uniform t of
     ``schedule``. Returns {steps, seconds, final_loss (mean of the last ``log_every`` steps)}."""
@@ -110,8 +111,9 @@ def train_property_predictor(predictor: PropertyPredictor, loader: Iterable[Any]
                 if since:
                     final = running / since
                 return {"steps": step, "seconds": round(elapsed, 1), "final_loss": final}
+            done = step / max_steps if max_steps else elapsed / seconds  # by step when capped: reproducible
             for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * elapsed / seconds)).item())
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
             b = b.to(device)
             x, t = b.x, None
             if predictor.noise_aware:
