@@ -26,7 +26,7 @@ from benchmarks.images_fashion import DATA_RANGE, CachedEps, train_heads  # noqa
 from sciddpm.domains.images.data import load_fashion_mnist, to_model_range  # noqa: E402
 from sciddpm.export import load  # noqa: E402
 from sciddpm.likelihood import elbo  # noqa: E402
-from sciddpm.objectives import eps_predictor  # noqa: E402
+from sciddpm.objectives import eps_predictor, forward_noise  # noqa: E402
 from sciddpm.samplers import time_grid  # noqa: E402
 from sciddpm.spaces import DenseSpace  # noqa: E402
 from sciddpm.variances import GAMMA_GAP_FLOOR, diagonal_variance_fn  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
                        generator=torch.Generator().manual_seed(7))
             t = grid[-2]
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-            x_t = model.schedule.alpha(t) * x0 + model.schedule.sigma(t) * noise
+            x_t, _ = forward_noise(model.schedule, space, x0, t, noise)
             target = (noise - eps_fn(x_t.float(), t.expand(len(x0))).double()) ** 2
             h = head(x_t.float(), t).double()
         terms = {name: float(v.mean() / bits) for name, v in res.terms.items()}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .objectives import EpsFn, predict_x0
+from .objectives import EpsFn, forward_noise, predict_x0
 from .samplers import VarianceFn, check_grid, reverse_variance
 from .schedules import NoiseSchedule
 from .spaces import Space
@@ -136,7 +136,7 @@ def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid:
     prior = gaussian_kl(schedule.alpha_sq(t0) * x0_sq, schedule.sigma_sq(t0), torch.tensor(p2, dtype=torch.float64), dof)
 
     def draw(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x_t = schedule.alpha(t) * x0 + schedule.sigma(t) * space.noise(generator=generator, dtype=torch.float64)
+        x_t, _ = forward_noise(schedule, space, x0, t, generator=generator)  # x0 is float64 here
         with torch.no_grad():
             eps = eps_fn(x_t, _times(t, b)).to(torch.float64)
         return x_t, eps, predict_x0(eps, x_t, schedule.alpha(t), schedule.sigma(t))

@@ -15,8 +15,9 @@ import math
 import torch
 from torch import Tensor
 
-from .objectives import EpsFn
+from .objectives import EpsFn, forward_noise
 from .schedules import NoiseSchedule
+from .spaces import DenseSpace
 
 
 class GaussianMixture:
@@ -82,9 +83,8 @@ class GaussianMixture:
                         generator: torch.Generator | None = None) -> Tensor:
         """Exact samples of q_t = α_t q_0 ∗ N(0, σ_t² I)."""
         x0, _ = self.sample(n, generator)
-        t = torch.as_tensor(t, dtype=torch.float64)
-        noise = torch.randn((n, self.dim), dtype=torch.float64, generator=generator)
-        return schedule.alpha(t) * x0 + schedule.sigma(t) * noise
+        return forward_noise(schedule, DenseSpace((n, self.dim)), x0, torch.as_tensor(t, dtype=torch.float64),
+                             generator=generator)[0]
 
     # ---------------------------------------------------------------------------------------------
     def _terms(self, x: Tensor, alpha: Tensor, sigma_sq: Tensor) -> tuple[Tensor, Tensor, Tensor]:

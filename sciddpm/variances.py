@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .objectives import EpsFn, coefficients
+from .objectives import EpsFn, forward_noise
 from .schedules import NoiseSchedule
 from .spaces import Space
 
@@ -98,8 +98,7 @@ def estimate_gamma(eps_fn: EpsFn | None, schedule: NoiseSchedule, batches: Itera
             raise ValueError("x0 contains NaN or inf")
         x0 = space.project(x0)
         for j, t in enumerate(times):
-            eps = space.noise(generator=generator, dtype=x0.dtype)
-            x_t = schedule.alpha(t).to(x0.dtype) * x0 + schedule.sigma(t).to(x0.dtype) * eps
+            x_t, _ = forward_noise(schedule, space, x0, t, generator=generator)
             with torch.no_grad():
                 eps_hat = batch_eps(x_t, t.expand(space.batch_size))
             per_sample = space.mean_square_per_sample(eps_hat).to(torch.float64).cpu()
@@ -278,9 +277,7 @@ def covariance_head_loss(head: Callable[[Tensor, Tensor], Tensor], mean_eps_fn: 
     space.check(x0, name="x0")
     x0 = space.project(x0)
     t, _ = sample_times(schedule, space.batch_size, generator=generator, device=space.device)
-    eps = space.noise(generator=generator, dtype=x0.dtype)
-    alpha, sigma = coefficients(schedule, space, t, x0.dtype)
-    x_t = alpha * x0 + sigma * eps
+    x_t, eps = forward_noise(schedule, space, x0, t, generator=generator)
     with torch.no_grad():
         eps_hat = mean_eps_fn(x_t, t)
     target = (eps - eps_hat) ** 2 if kind == "npr" else eps**2

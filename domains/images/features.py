@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sciddpm.objectives import forward_noise
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
 
@@ -110,7 +111,6 @@ def extract_features(net: nn.Module, schedule: NoiseSchedule, x0: Tensor, times:
         raise ValueError(f"generator is on {generator.device} but the network is on {device}: draw the noise there")
     n, h, w = x0.shape[0], x0.shape[-2], x0.shape[-1]
     eps = DenseSpace(x0.shape, device=device).noise(generator=generator)
-    coefs = [(float(schedule.alpha(t)), float(schedule.sigma(t))) for t in times]
     was_training = net.training
     net.eval()
     chunks: list[Tensor] = []
@@ -119,9 +119,10 @@ def extract_features(net: nn.Module, schedule: NoiseSchedule, x0: Tensor, times:
             xb = x0[start:start + batch_size].to(device=device, dtype=torch.float32)
             eb = eps[start:start + batch_size]
             per_t: list[Tensor] = []
-            for t, (alpha, sigma) in zip(times, coefs):
+            for t in times:
                 tt = torch.full((xb.shape[0],), t, dtype=torch.float64, device=device)
-                _, feats = net(alpha * xb + sigma * eb, tt, return_features=True)
+                x_t, _ = forward_noise(schedule, DenseSpace(xb.shape, device=device), xb, tt, eb)
+                _, feats = net(x_t, tt, return_features=True)
                 chosen = [feats[b].float() for b in blocks]
                 if pool == "mean":
                     chosen = [f.mean(dim=(2, 3)) for f in chosen]

@@ -97,7 +97,7 @@ def train_property_predictor(predictor: PropertyPredictor, loader: Iterable[Any]
     ``seconds`` or ``max_steps`` (0: no cap), cycling over ``loader``. A noise-aware predictor is trained on
     x_t = α_t x₀ + σ_t ε (ε drawn through ``space_for(batch)``, the zero-CoM molecule space) at uniform t of
     ``schedule``. Returns {steps, seconds, final_loss (mean of the last ``log_every`` steps)}."""
-    from sciddpm.objectives import coefficients, sample_times
+    from sciddpm.objectives import forward_noise, sample_times
 
     if predictor.noise_aware and (schedule is None or space_for is None):
         raise ValueError("a noise-aware predictor is trained on noisy states: pass schedule= and space_for=")
@@ -119,8 +119,7 @@ def train_property_predictor(predictor: PropertyPredictor, loader: Iterable[Any]
             if predictor.noise_aware:
                 space = space_for(b)
                 t, _ = sample_times(schedule, space.batch_size, device=space.device)
-                alpha, sigma = coefficients(schedule, space, t, x.dtype)
-                x = alpha * space.project(x) + sigma * space.noise(dtype=x.dtype)
+                x, _ = forward_noise(schedule, space, space.project(x), t)
             out = predictor(x, b.batch, int(b.num_graphs), t=t, edge_index=getattr(b, "edge_index", None))
             loss = (out - b.context.to(out.dtype)).abs().mean()
             opt.zero_grad(set_to_none=True)
