@@ -8,12 +8,13 @@ the training target (``TorusSpace.eps_target``) and samplers that wrap after eve
 Problem: ``torus_mixture()``, 3 components on T² = (−π, π]², weights (0.45, 0.35, 0.2), means (2.7, −2.8),
 (−1.2, 0.6), (0.6, 3.0), per-angle stds (0.5, 0.4), (0.35, 0.7), (0.6, 0.3): the first sits on the corner
 (±π, ±π) and the third on the edge x₂ = ±π, so a method that ignores wrapping shows it. The target is the exact
-p_{σ_min} (``WrappedNormalMixture.cell_probabilities``: exact cell masses of a 24×24 grid); a row's TV = ½Σ|p̂ − p|
+p_{σ_min} (``WrappedNormalMixture.cell_probabilities``: exact cell masses of a 16×16 grid); a row's TV = ½Σ|p̂ − p|
 and KL(p̂‖p) are measured on that grid with n samples, so they include the sampling noise of n draws, shown by
 the ``exact samples`` row (n exact draws of p_{σ_min}, the floor every row approaches).
 
-Rows: each sampler with the exact ε* = −σ_t ∇log p_t (``WrappedNormalMixture.eps``) at K = 10, 20, 50, 100, 200,
-500 uniform-in-t steps (geometric in σ) from the same uniform x_T; baselines: the uniform prior itself; the
+Rows: Euler–Maruyama (reverse SDE), Heun (EDM's 2nd-order PF-ODE), DDIM (Euler on the PF-ODE) and DPM-Solver++(2M)
+with the exact ε* = −σ_t ∇log p_t (``WrappedNormalMixture.eps``) at K = 10, 20, 50, 100, 200 (and 500 for
+Euler–Maruyama) uniform-in-t steps (geometric in σ) from the same uniform x_T; baselines: the uniform prior itself; the
 torus samplers with the score of the *unwrapped* Gaussian mixture (``sciddpm.oracle.GaussianMixture`` with the
 same means and variances: what the torus got before, the score without the image sum); the small network
 (``TorusMLP``: periodic inputs cos/sin) trained with ``denoising_loss`` on ``TorusSpace`` (wrapped-normal
@@ -48,7 +49,7 @@ from sciddpm.torus import WrappedNormalMixture, grid_distances, histogram, unifo
 
 F64 = torch.float64
 SIGMA_MIN, SIGMA_MAX, EUCLID_SIGMA_MAX = 0.01, 2 * math.pi, 50.0
-BINS = 24
+BINS = 16
 
 
 def torus_mixture() -> WrappedNormalMixture:
@@ -165,10 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    n = 5_000 if args.quick else 40_000
+    n = 5_000 if args.quick else 20_000
     step_list = [10, 50] if args.quick else [10, 20, 50, 100, 200, 500]
-    samplers = ["euler_maruyama", "heun"] if args.quick else ["euler_maruyama", "pc", "ddpm", "heun", "ddim",
-                                                              "dpm_solver_pp_2m"]
+    samplers = ["euler_maruyama", "heun"] if args.quick else ["euler_maruyama", "heun", "ddim", "dpm_solver_pp_2m"]
     mixture, schedule = torus_mixture(), torus_schedule()
     p = mixture.cell_probabilities(BINS, SIGMA_MIN)
     space = TorusSpace(DenseSpace((n, 2)))
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     add("uniform prior", "-", "-", 0, 0, space.prior(SIGMA_MAX, torch.Generator().manual_seed(1), F64), 0)
     exact, unwrapped = mixture.eps_fn(schedule), unwrapped_mixture(mixture).eps_fn(schedule)
     for sampler in samplers:
-        for steps in step_list:
+        for steps in step_list if sampler == "euler_maruyama" else step_list[:-1]:
             t0 = time.time()
             x, nfe = run(sampler, exact, schedule, space, steps)
             add("torus, exact wrapped score", "exact", sampler, steps, nfe, x, time.time() - t0)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             x, nfe = run(sampler, unwrapped, schedule, space, steps)
             add("torus, unwrapped Gaussian score (no images)", "exact", sampler, steps, nfe, x, time.time() - t0)
     extra: dict[str, Any] = {"prior_tv_bound_T2": uniform_prior_tv_bound(SIGMA_MAX, 2)}
-    train_steps = 300 if args.quick else 3000
+    train_steps = 300 if args.quick else 1500
     for torus in (True, False):
         t0 = time.time()
         net, sch, losses = train_network(mixture, torus=torus, steps=train_steps)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         extra[f"final_loss_{'torus' if torus else 'euclidean'}"] = sum(losses[-100:]) / len(losses[-100:])
         sp: Space = space if torus else DenseSpace((n, 2))
         for sampler in ["euler_maruyama", "heun"]:
-            for steps in [100, 500] if not args.quick else [50]:
+            for steps in [100] if not args.quick else [50]:
                 t0 = time.time()
                 x, nfe = run(sampler, network_eps(net, sch, sp), sch, sp, steps)
                 add(label, f"trained {train_steps} steps", sampler, steps, nfe, x, time.time() - t0)
@@ -218,8 +218,10 @@ torus is σ_min = {SIGMA_MIN}, σ_max = 2π; TV(p_{{σ_max}}, uniform) ≤ {extr
 Trained rows: `TorusMLP` (3×128 SiLU) trained {train_steps} Adam steps (batch 512, lr 3e-3 cosine) on 20 000
 fixed samples with `denoising_loss`; the Euclidean row uses VE σ_max = 50 on `DenseSpace` (a Gaussian prior needs
 σ_max far above the data's scale) and wraps the samples only at the end.
-DPM-Solver++(2M) is not wrap-safe: its multistep combination (1 + 1/2r) x̂₀ᵢ − 1/2r x̂₀ᵢ₋₁ mixes two x̂₀
-predictions that differ by 2π when a state wrapped between steps, so it converges slowly on the torus.
+DPM-Solver++(2M) forms D = x̂₀ᵢ + (x̂₀ᵢ − x̂₀ᵢ₋₁)/2r through `Space.difference` (the shortest arc on the torus):
+written as (1 + 1/2r) x̂₀ᵢ − x̂₀ᵢ₋₁/2r it mixes two predictions 2π apart whenever a state wrapped between steps;
+measured with n = 10 000 on the same problem, that form gave TV 0.146 (20 steps) and 0.085 (100 steps) against
+0.046 and 0.041 with the wrapped difference (floor 0.039).
 Papers: Jing et al. 2022 (Torsional diffusion, NeurIPS); De Bortoli et al. 2022 (Riemannian score-based
 generative modelling, NeurIPS); Song et al. 2021 (score SDEs, ICLR); Karras et al. 2022 (Heun).
 """

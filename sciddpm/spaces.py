@@ -64,6 +64,11 @@ class Space(ABC):
         ``project`` for linear constraints; the torus overrides it (velocities are not wrapped)."""
         return self.project(v)
 
+    def difference(self, a: Tensor, b: Tensor) -> Tensor:
+        """The velocity from state b to state a (for a multistep sampler's difference of two x̂₀ predictions):
+        a − b in a linear space; the torus overrides it with the shortest arc wrap(a − b)."""
+        return a - b
+
     def valid_mask(self) -> Tensor:
         """Bool mask of the elements that are not padding (state shape)."""
         return self.element_owner() >= 0
@@ -381,6 +386,11 @@ class TorusSpace(_Constrained):
     def project_tangent(self, v: Tensor) -> Tensor:
         return self.base.project(v)
 
+    def difference(self, a: Tensor, b: Tensor) -> Tensor:
+        """wrap(a − b): the shortest arc from b to a (two x̂₀ predictions an unwrapped step apart differ by 2π
+        after a wrap; DPM-Solver++(2M) would otherwise mix them)."""
+        return self.base.project(wrap_angle(a - b))
+
     def prior(self, prior_std: float, generator: torch.Generator | None = None,
               dtype: torch.dtype = torch.float32) -> Tensor:
         """x_T ~ U((−π, π]^F), the stationary law of Brownian motion on the torus: π − 2π Φ(z) for the base's
@@ -440,6 +450,9 @@ class ProductSpace(Space):
 
     def project_tangent(self, v: Tensor) -> Tensor:
         return torch.cat([p.project_tangent(vi) for p, vi in zip(self.parts, self.split(v))], dim=-1)
+
+    def difference(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.cat([p.difference(ai, bi) for p, ai, bi in zip(self.parts, self.split(a), self.split(b))], dim=-1)
 
     def broadcast(self, per_sample: Tensor) -> Tensor:
         return self.parts[0].broadcast(per_sample)
