@@ -396,8 +396,8 @@ class TorusSpace(_Constrained):
         """x_T ~ U((−π, π]^F), the stationary law of Brownian motion on the torus: π − 2π Φ(z) for the base's
         normal draw z (float64; Φ the normal CDF), so padded and flat layouts get the same angles and padding
         stays zero. ``prior_std`` (σ_max) only sets how good the uniform is: the VE marginal at σ_max is within
-        TV ``sciddpm.torus.uniform_prior_tv_bound(σ_max, F)`` = F Σ_{n≥1} e^{−n²σ_max²/2} of it (2.7e-9 per angle
-        at σ_max = 2π). A VP schedule's x_T is a wrapped N(0, σ_T²) instead: torus diffusion is variance exploding."""
+        TV ``sciddpm.torus.uniform_prior_tv_bound(σ_max, F)`` = F (2q/π + Σ_{n≥2} q^{n²}), q = e^{−σ_max²/2}, of it
+        (1.7e-9 per angle at σ_max = 2π). A VP schedule's x_T is a wrapped N(0, σ_T²) instead: torus diffusion is variance exploding."""
         z = self.base.noise(generator, torch.float64)
         return self.project((math.pi - 2 * math.pi * torch.special.ndtr(z)).to(dtype))
 
