@@ -77,7 +77,8 @@ def eps_predictor(model: Callable[..., Tensor], schedule: NoiseSchedule, space: 
                   parameterization: str = "eps", **condition: Any) -> EpsFn:
     """Wrap a network ``model(x_t, t, **condition)`` (predicting ``parameterization``) as an ε-predictor.
 
-    The returned callable takes (x [state], t [B] float64) and returns ε̂ in x's dtype; samplers,
+    The returned callable takes (x [state], t [B] float64) and returns ε̂ in x's dtype, projected as a velocity
+    (``Space.project_tangent``: padding and centre of mass removed, never wrapped on the torus); samplers,
     guidance wrappers, variance estimators and likelihoods all consume this form.
     """
     _check_param(parameterization)
@@ -87,9 +88,9 @@ def eps_predictor(model: Callable[..., Tensor], schedule: NoiseSchedule, space: 
         out = model(x, t, **condition)
         space.check(out, name="model output")
         if parameterization == "eps":  # no coefficients needed (and none computed: they cost a host read each)
-            return space.project(out).to(x.dtype)
+            return space.project_tangent(out).to(x.dtype)
         alpha, sigma = coefficients(schedule, space, t, out.dtype)
-        return space.project(to_eps(out, parameterization, x, alpha, sigma)).to(x.dtype)
+        return space.project_tangent(to_eps(out, parameterization, x, alpha, sigma)).to(x.dtype)
 
     return eps_fn
 

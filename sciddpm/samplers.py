@@ -452,7 +452,7 @@ def dpm_solver_pp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Te
     With h = log(α/σ) differences h_i = ℓ_{t_i} − ℓ_{t_{i−1}} and x̂₀ predictions D:
         x_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x − α_{t_i} (e^{−h_i} − 1) D_i,
     D_i = x̂₀_{i−1} on the first step (and on the final step when ``lower_order_final`` and K < 15, or when
-    landing on σ = 0), else D_i = (1 + 1/(2r_i)) x̂₀_{i−1} − 1/(2r_i) x̂₀_{i−2}, r_i = h_{i−1}/h_i.
+    landing on σ = 0), else D_i = x̂₀_{i−1} + (x̂₀_{i−1} − x̂₀_{i−2})/(2r_i), r_i = h_{i−1}/h_i (Space.difference).
     """
     x = _prepare(schedule, space, x, grid)
     eps_fn = _CountedEps(eps_fn, space)
@@ -474,7 +474,7 @@ def dpm_solver_pp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Te
             d = x0
         else:
             r = prev_h / h
-            d = _coef(1 + 1 / (2 * r), x) * x0 - _coef(1 / (2 * r), x) * prev_x0
+            d = x0 + _coef(1 / (2 * r), x) * space.difference(x0, prev_x0)  # wrap-safe on the torus
         x = _coef(sig_s / sig_t, x) * x - _coef(a_s * torch.expm1(-h), x) * d
         x = space.project(x)
         prev_x0, prev_h = x0, h

@@ -64,6 +64,11 @@ class Space(ABC):
         ``project`` for linear constraints; the torus overrides it (velocities are not wrapped)."""
         return self.project(v)
 
+    def difference(self, a: Tensor, b: Tensor) -> Tensor:
+        """The velocity from state b to state a (for a multistep sampler's difference of two x̂₀ predictions):
+        a − b in a linear space; the torus overrides it with the shortest arc wrap(a − b)."""
+        return a - b
+
     def valid_mask(self) -> Tensor:
         """Bool mask of the elements that are not padding (state shape)."""
         return self.element_owner() >= 0
@@ -363,7 +368,11 @@ def wrap_angle(x: Tensor) -> Tensor:
 
 
 class TorusSpace(_Constrained):
-    """Angles on the torus (S¹)^F: states are wrapped to (−π, π] after every step; d = number of angles."""
+    """Angles on the torus (S¹)^F, for variance-exploding diffusion (α = 1; Jing et al. 2022, *Torsional
+    diffusion*; De Bortoli et al. 2022, *Riemannian score-based generative modelling*): states are wrapped to
+    (−π, π] after every step, noise is the base's Gaussian (the wrap makes x_t = wrap(x₀ + σε) a wrapped normal
+    around x₀), the prior is uniform, the ε-target is −σ times the wrapped normal's score, velocities are not
+    wrapped; d = number of angles."""
 
     def __init__(self, base: SetLayout | DenseSpace) -> None:
         super().__init__(base)
@@ -376,6 +385,31 @@ class TorusSpace(_Constrained):
 
     def project_tangent(self, v: Tensor) -> Tensor:
         return self.base.project(v)
+
+    def difference(self, a: Tensor, b: Tensor) -> Tensor:
+        """wrap(a − b): the shortest arc from b to a (two x̂₀ predictions an unwrapped step apart differ by 2π
+        after a wrap; DPM-Solver++(2M) would otherwise mix them)."""
+        return self.base.project(wrap_angle(a - b))
+
+    def prior(self, prior_std: float, generator: torch.Generator | None = None,
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        """x_T ~ U((−π, π]^F), the stationary law of Brownian motion on the torus: π − 2π Φ(z) for the base's
+        normal draw z (float64; Φ the normal CDF), so padded and flat layouts get the same angles and padding
+        stays zero. ``prior_std`` (σ_max) only sets how good the uniform is: the VE marginal at σ_max is within
+        TV ``sciddpm.torus.uniform_prior_tv_bound(σ_max, F)`` = F (2q/π + Σ_{n≥2} q^{n²}), q = e^{−σ_max²/2}, of it
+        (1.7e-9 per angle at σ_max = 2π). A VP schedule's x_T is a wrapped N(0, σ_T²) instead: torus diffusion is variance exploding."""
+        z = self.base.noise(generator, torch.float64)
+        return self.project((math.pi - 2 * math.pi * torch.special.ndtr(z)).to(dtype))
+
+    def eps_target(self, x0: Tensor, x_t: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """ε* = −σ ∂ log p_WN(x_t | α x₀, σ²) = Σ_k w_k (d + 2πk)/σ with d = wrap(x_t − α x₀) and
+        w_k ∝ N(d + 2πk; 0, σ²) (``sciddpm.torus.wrapped_normal``, truncation error ≤ 1e-12): the denoising
+        score-matching target of Jing et al. (2022, eq. 6) in ε units. It is E[ε | x_t, x₀], so it has the
+        minimiser of the plain ε-target with less variance; it equals ε where σε does not cross the boundary
+        and σ is small."""
+        from .torus import wrapped_normal  # torus.py imports this module
+
+        return self.base.project(wrapped_normal(x_t, alpha * x0, sigma)[1].to(x_t.dtype))
 
     @property
     def dof(self) -> Tensor:
@@ -416,6 +450,9 @@ class ProductSpace(Space):
 
     def project_tangent(self, v: Tensor) -> Tensor:
         return torch.cat([p.project_tangent(vi) for p, vi in zip(self.parts, self.split(v))], dim=-1)
+
+    def difference(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.cat([p.difference(ai, bi) for p, ai, bi in zip(self.parts, self.split(a), self.split(b))], dim=-1)
 
     def broadcast(self, per_sample: Tensor) -> Tensor:
         return self.parts[0].broadcast(per_sample)
