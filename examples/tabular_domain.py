@@ -3,7 +3,11 @@
 State: one standardised row of continuous sensor readings (tank levels, flows, pressures) in a DenseSpace
 [B, F]. Backbone: an MLP with a sinusoidal time embedding. Metrics: per-column mean/std error (in standard
 units) and sliced-W₂ to held-out rows. Options (``data:`` in the config): ``path`` (CSV with a header of
-numeric columns), ``val_fraction``, ``split_seed``.
+numeric columns; default: the bundled BATADAL subset), ``val_fraction``, ``split_seed``. Backbone keys (``backbone:``):
+``TimeMLP``'s ``hidden``, ``layers``, ``t_scale``, ``emb``.
+
+Registered through the ``sciddpm.domains`` entry point ``tabular = "examples.tabular_domain:TabularDomain"`` in this
+project's pyproject.toml (``--domain examples.tabular_domain:TabularDomain`` works without it).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from sciddpm.domain import Domain, register_domain
+from sciddpm.domain import Domain, constructor_keys
 from sciddpm.oracle import sliced_wasserstein2
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
@@ -40,9 +44,16 @@ class TimeMLP(nn.Module):
         return self.out(self.body(torch.cat([x, angle.sin().to(x.dtype), angle.cos().to(x.dtype)], dim=1)))
 
 
-@register_domain
 class TabularDomain(Domain):
+    """Standardised rows of a numeric CSV in a DenseSpace [B, F]; unconditional."""
+
     name = "tabular"
+
+    def data_keys(self) -> tuple[str, ...]:
+        return ("path", "val_fraction", "split_seed")
+
+    def backbone_keys(self, config: dict[str, Any]) -> tuple[str, ...]:
+        return constructor_keys(TimeMLP, exclude=("features",))
 
     def _load(self, options: dict[str, Any]) -> tuple[Tensor, Tensor]:
         path = Path(options.get("path", DEFAULT_PATH))

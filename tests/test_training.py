@@ -81,7 +81,7 @@ def test_config_validation(tmp_path):
         config_from_dict({"max_steps": True})
     with pytest.raises(ValueError, match="parameterization"):
         config_from_dict({"parameterization": "x1"})
-    assert config_from_dict(asdict(TrainConfig())) == TrainConfig()
+    assert config_from_dict(asdict(TrainConfig(domain="tabular"))) == TrainConfig(domain="tabular")
 
 
 def _ckpts(folder: Path) -> list[Path]:
@@ -157,7 +157,7 @@ def test_validation_logs_domain_metrics(tmp_path):
     """With validate_every, the EMA model is sampled during training and the domain's metrics land in the CSV log."""
     import csv
 
-    cfg = TrainConfig(max_steps=6, checkpoint_every=6, batch_size=16, backbone={"hidden": 16}, log_every=1,
+    cfg = TrainConfig(domain="tabular", max_steps=6, checkpoint_every=6, batch_size=16, backbone={"hidden": 16}, log_every=1,
                       validate_every=3, validate_steps=5, validate_n=16)
     fit(cfg, tmp_path / "run", progress=False)
     with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv") as fh:
