@@ -300,8 +300,11 @@ def parse_value(text: str, flag: str, key: str, arrays: bool = True) -> Any:
     """A command-line VALUE: an ``int``/``float`` number (``1``, ``-0.5``, ``1e-3``), a comma-separated list of
     numbers (a 1-D tensor: int64 if all are integers, else float32) or, with ``arrays``, ``@file`` — an array from a
     ``.npy``, ``.npz`` (the array named KEY, or its only array), ``.txt`` (whitespace) or ``.csv`` (commas, an
-    optional header line) file, as a tensor (floating arrays as float32). ValueError naming the flag otherwise."""
+    optional header line) file, as a tensor (floating arrays as float32); without ``arrays`` (sampler options) a
+    list is a tuple (e.g. ``clip_x0=-1,1``) and ``true``/``false`` are booleans. ValueError naming the flag otherwise."""
     what = f"{flag} {key}={text}"
+    if not arrays and text.lower() in ("true", "false"):
+        return text.lower() == "true"
     if text.startswith("@"):
         if not arrays:
             raise ValueError(f"{what}: files are not accepted here; give a number")
@@ -314,7 +317,7 @@ def parse_value(text: str, flag: str, key: str, arrays: bool = True) -> Any:
     if len(numbers) == 1 and "," not in text:
         return numbers[0]
     if not arrays:
-        raise ValueError(f"{what}: VALUE must be a single number")
+        return tuple(numbers)
     return torch.tensor(numbers) if all(isinstance(v, int) for v in numbers) else torch.tensor(
         [float(v) for v in numbers], dtype=torch.float32)
 
@@ -380,7 +383,7 @@ def parse_assignments(items: list[str], flag: str, arrays: bool = True) -> dict[
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) < 400 else text[:397] + "..."
+    return text if len(text) < 1000 else text[:997] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:

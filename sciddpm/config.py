@@ -157,6 +157,8 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
         kind = _numeric_kind(hints[key])
         if kind is not None:
             value = as_number(value, kind)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"config field {key!r} in {source} must be a finite number, got {value!r}")
         if not _type_ok(value, hints[key]):
             raise ValueError(f"config field {key!r} in {source} must be {hints[key]}, got {type(value).__name__} {value!r}")
         out[key] = float(value) if hints[key] is float else value
