@@ -101,7 +101,11 @@ def test_domain_given_as_module_and_class(tmp_path, monkeypatch):
 
     assert main(["train", "--domain", "sciddpm_toyplugin:ToyDomain", "--max-steps", "2", "--batch-size", "16",
                  "--checkpoint-every", "2", "--output", str(tmp_path / "run"), "--no-progress"]) == 0
-    model = load(tmp_path / "run" / "export")
+    import sciddpm.domain
+
+    monkeypatch.delitem(sciddpm.domain._DOMAINS, "toyplugin")  # a fresh process: the name is neither registered
+    assert "toyplugin" not in sciddpm.domain.known_domains()    # nor an installed entry point here
+    model = load(tmp_path / "run" / "export")  # found through the export's domain_class
     assert type(model.domain).__name__ == "ToyDomain"
     out = model.sample(3, steps=2, conditions={"y": 1})
     assert out.sample.shape == (3, 2) and out.space.condition["y"].tolist() == [1, 1, 1]
