@@ -2,8 +2,9 @@
 
 ``sciddpm demo --domain NAME`` is the main job on bundled data: it trains the named domain briefly through the same
 engine as ``train``, samples, evaluates and writes the domain's files, a PNG of samples and the loss curve (the core
-names no demo domain: ``make demo`` names it); then it runs the core demonstration on a 2-D Gaussian mixture whose noisy score is known exactly (samplers
-against exact samples by sliced W₂, probability-flow-ODE and ELBO likelihoods against the exact log q₀).
+names no demo domain: ``make demo`` names it); then it runs the core demonstration on a 2-D Gaussian mixture whose
+noisy score is known exactly (samplers against exact samples by sliced W₂, probability-flow-ODE and ELBO
+likelihoods against the exact log q₀).
 
 ``sciddpm train`` trains a domain's model with Lightning (``--config`` YAML/TOML and/or flags; ``--resume``
 continues from the newest checkpoint in ``--output``), ``sciddpm sample`` draws samples from an export folder

@@ -33,9 +33,9 @@ def test_yaml_numbers_as_people_write_them(tmp_path):
     assert as_number("2.0", int) == 2 and as_number(True, int) is True and as_number("x", float) == "x"
 
 
-@pytest.mark.parametrize("values, field", [({"max_steps": "1.5e2x"}, "max_steps"), ({"max_steps": 150.5}, "max_steps"),
-                                           ({"lr": "fast"}, "lr"), ({"lr": True}, "lr"), ({"lr": "nan"}, "lr"), ({"lr": float("inf")}, "lr"),
-                                           ({"compile": "yes"}, "compile")])
+@pytest.mark.parametrize("values, field", [
+    ({"max_steps": "1.5e2x"}, "max_steps"), ({"max_steps": 150.5}, "max_steps"), ({"lr": "fast"}, "lr"),
+    ({"lr": True}, "lr"), ({"lr": "nan"}, "lr"), ({"lr": float("inf")}, "lr"), ({"compile": "yes"}, "compile")])
 def test_non_numbers_are_still_refused(values, field):
     with pytest.raises(ValueError, match=rf"^config field '{field}' in flags must be"):
         config_from_dict({"domain": "tabular", **values}, "flags")
