@@ -3,7 +3,9 @@
 The core is modality-agnostic: a noise schedule (``sciddpm.schedules``), a state space
 (``sciddpm.spaces``), an ε-predictor (``sciddpm.objectives``) and stateless samplers
 (``sciddpm.samplers``), with likelihoods (``sciddpm.likelihood``) and an exact Gaussian-mixture oracle
-(``sciddpm.oracle``) for testing every formula. Domains live in ``sciddpm.domains``.
+(``sciddpm.oracle``) for testing every formula. Domains plug in through the ``sciddpm.domains`` entry-point group
+(``sciddpm.domain``); this project's own live in ``sciddpm.domains``. ``sciddpm.load(path)`` rebuilds an exported
+model for inference without importing Lightning.
 """
 from .domain import Domain, get_domain, register_domain
 from .guidance import (batched_pair, classifier_free_guidance, classifier_guidance, classifier_log_prob,
@@ -19,12 +21,13 @@ from .spaces import DenseSpace, GraphSpace, MaskedSpace, ProductSpace, Space, To
 
 __version__ = "0.1.0"
 
-_LAZY = {"DiffusionModule": "training", "TrainConfig": "training", "fit": "training", "export_model": "export",
-         "load": "export", "DiffusionModel": "model"}
+_LAZY = {"DiffusionModule": "training", "fit": "training", "TrainConfig": "config", "load_config": "config",
+         "export_model": "export", "load": "export", "DiffusionModel": "model"}
 
 
 def __getattr__(name: str):
-    """Import the training engine (Lightning) only when one of its names is used, keeping ``import sciddpm`` light."""
+    """Import a module only when one of its names is used: ``sciddpm.load`` (``sciddpm.export``) never imports
+    Lightning; only ``DiffusionModule`` / ``fit`` (``sciddpm.training``, the engine) do."""
     if name in _LAZY:
         import importlib
 
@@ -39,6 +42,6 @@ __all__ = [
     "ode_log_likelihood", "predictor_corrector", "prior_sample", "probability_flow_rk45", "schedule_from_config",
     "sliced_wasserstein2", "time_grid", "Domain", "get_domain", "register_domain", "classifier_free_guidance",
     "classifier_guidance", "energy_guidance", "repaint", "replacement_inpainting", "sdedit_start", "DiffusionModule",
-    "TrainConfig", "export_model", "fit", "load", "DiffusionModel", "batched_pair", "classifier_log_prob",
+    "TrainConfig", "load_config", "export_model", "fit", "load", "DiffusionModel", "batched_pair", "classifier_log_prob",
     "noisy_classifier_loss",
 ]

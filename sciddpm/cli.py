@@ -1,14 +1,17 @@
 """The ``sciddpm`` command.
 
-``sciddpm demo`` is the main job on bundled data: it trains the default domain (``DEMO_DOMAIN``) briefly through
-the same engine as ``train``, samples, evaluates and writes the domain's files, a PNG of samples and the loss curve;
-then it runs the core demonstration on a 2-D Gaussian mixture whose noisy score is known exactly (samplers
-against exact samples by sliced W₂, probability-flow-ODE and ELBO likelihoods against the exact log q₀).
+``sciddpm demo --domain NAME`` is the main job on bundled data: it trains the named domain briefly through the same
+engine as ``train``, samples, evaluates and writes the domain's files, a PNG of samples and the loss curve (the core
+names no demo domain: ``make demo`` names it); then it runs the core demonstration on a 2-D Gaussian mixture whose
+noisy score is known exactly (samplers against exact samples by sliced W₂, probability-flow-ODE and ELBO
+likelihoods against the exact log q₀).
 
 ``sciddpm train`` trains a domain's model with Lightning (``--config`` YAML/TOML and/or flags; ``--resume``
 continues from the newest checkpoint in ``--output``), ``sciddpm sample`` draws samples from an export folder
 or a checkpoint into the domain's file format plus a PNG, and ``sciddpm evaluate`` writes the domain's metrics
-as JSON. Domain modules are imported by name (``sciddpm.domain.DOMAIN_MODULES``), never by the core.
+as JSON (``--condition KEY=VALUE`` per-sample conditions, ``--guidance-scale`` classifier-free guidance). Domains
+are found through the ``sciddpm.domains`` entry points or given as ``package.module:Class``; only ``train`` imports
+Lightning, so ``sample`` / ``evaluate`` start fast.
 Errors print one line ``sciddpm: error: ...`` and exit with status 2, leaving no half-written output.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,22 +43,14 @@ def demo_mixture() -> GaussianMixture:
     )
 
 
-#: The domain ``sciddpm demo`` trains by default (bundled data, a few minutes on a 2-core CPU), its training
-#: steps and how many samples it draws and evaluates.
-DEMO_DOMAIN = "molecules"
-DEMO_STEPS = {"tabular": 600, "molecules": 400}
-DEMO_SAMPLES = {"tabular": 500, "molecules": 200}
-
-
-def run_domain_demo(domain: str, output: Path, max_steps: int | None = None, seed: int = 0,
-                    n_samples: int | None = None) -> dict:
+def run_domain_demo(domain: str, output: Path, max_steps: int = 500, seed: int = 0, n_samples: int = 200) -> dict:
     """Train ``domain`` briefly on its bundled data, sample with DDPM (100 steps), evaluate, write files + PNGs."""
+    from .config import load_config
+    from .domain import domain_class
     from .export import load
-    from .training import load_config
 
-    steps = max_steps or DEMO_STEPS.get(domain, 500)
-    n = n_samples or DEMO_SAMPLES.get(domain, 200)
-    run = output / domain
+    steps, n = max_steps, n_samples
+    run = output / domain_class(domain).name
     cfg = load_config(None, {"domain": domain, "max_steps": steps, "seed": seed, "checkpoint_every": steps,
                              "log_every": max(1, min(10, steps // 4))})
     from .training import fit
@@ -143,14 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job on bundled data: train a domain briefly, sample, evaluate; "
                                        "then the exact-oracle core demonstration")
     demo.add_argument("--output", type=Path, default=Path("demo_output"), help="folder for the demo's files")
-    demo.add_argument("--domain", default=DEMO_DOMAIN, help=f"domain to train (default {DEMO_DOMAIN}; 'none' skips it)")
-    demo.add_argument("--max-steps", type=int, default=None, help="training steps of the domain demo")
-    demo.add_argument("--n-samples", type=int, default=None, help="samples drawn and evaluated by the domain demo")
+    demo.add_argument("--domain", default=None, help="domain to train first (a name or package.module:Class; "
+                                                     "default: none, only the core demonstration)")
+    demo.add_argument("--max-steps", type=int, default=500, help="training steps of the domain demo")
+    demo.add_argument("--n-samples", type=int, default=200, help="samples drawn and evaluated by the domain demo")
     demo.add_argument("--n", type=int, default=4000, help="number of samples per sampler in the core demo")
     demo.add_argument("--seed", type=int, default=0)
 
     train = sub.add_parser("train", help="train a domain's diffusion model (Lightning)")
-    train.add_argument("--domain", help="domain name (e.g. tabular)")
+    train.add_argument("--domain", help="domain: a registered name (sciddpm.domains entry point, e.g. tabular) or "
+                                        "package.module:Class")
     train.add_argument("--config", type=Path, help="YAML or TOML file with TrainConfig fields")
     train.add_argument("--output", type=Path, help="run folder (checkpoints/, logs/, export/, loss.png)")
     train.add_argument("--resume", nargs="?", const="latest", metavar="CKPT",
@@ -175,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--variance", default="beta_tilde", choices=("beta_tilde", "beta", "analytic"),
                        help="reverse variance of the ddpm sampler (analytic: Analytic-DPM, needs estimate-variance)")
+        p.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
+                       help="a per-sample condition of the domain (repeatable); VALUE: a number (the same for every "
+                            "sample), a comma-separated list, or @file (.npy/.npz/.txt/.csv) for arrays")
+        p.add_argument("--guidance-scale", type=float, default=None, metavar="LAMBDA",
+                       help="classifier-free guidance eps(x|0) + LAMBDA (eps(x|c) - eps(x|0)); needs a model with "
+                            "an unconditional mode")
+        p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="an option of the sampler (repeatable), e.g. eta=0.5 for ddim")
         p.add_argument("--output", type=Path, required=True,
                        help="samples file in the domain's format (a PNG is written next to it)" if name == "sample"
                        else "metrics JSON file")
@@ -212,7 +218,8 @@ def _tmp_for(path: Path) -> Path:
 
 def run_train(args: argparse.Namespace) -> None:
     """``sciddpm train``: config file + flags, or the run folder's saved config on ``--resume``."""
-    from .training import config_from_dict, fit, latest_checkpoint, load_config, read_config_file
+    from .config import config_from_dict, load_config, read_config_file
+    from .training import fit, latest_checkpoint
 
     overrides = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
     if args.domain:
@@ -254,14 +261,24 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
     """``sciddpm sample`` / ``sciddpm evaluate``: samples in the domain's format + PNG, or metrics JSON."""
     from .export import load
 
+    conditions = parse_assignments(args.condition, "--condition", arrays=True)
+    options = parse_assignments(args.sampler_option, "--sampler-option", arrays=False)
     model = load(args.model)
+    conditions = model.domain.check_conditions(conditions)
+    guidance = None
+    if args.guidance_scale is not None:
+        from .guidance import ClassifierFree
+
+        guidance = ClassifierFree(args.guidance_scale)
     out = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, grid=args.grid,
-                       progress=sys.stderr.isatty(), variance=args.variance)
+                       progress=sys.stderr.isatty(), variance=args.variance, conditions=conditions or None,
+                       guidance=guidance, **options)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if evaluate:
         metrics = {"model": str(args.model), "sampler": args.sampler, "variance": args.variance, "steps": args.steps,
-                   "nfe": out.nfe,
-                   "n": args.n, "seed": args.seed, "metrics": model.domain.evaluate(out.sample, out.space)}
+                   "nfe": out.nfe, "n": args.n, "seed": args.seed, "conditions": list(args.condition),
+                   "guidance_scale": args.guidance_scale, "sampler_options": options,
+                   "metrics": model.domain.evaluate(out.sample, out.space)}
         tmp = _tmp_for(args.output)
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         tmp.replace(args.output)
@@ -280,9 +297,94 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
     print(f"wrote {args.n} samples to {args.output} and {png} ({args.sampler}, {out.nfe} network evaluations)")
 
 
+def parse_value(text: str, flag: str, key: str, arrays: bool = True) -> Any:
+    """A command-line VALUE: an ``int``/``float`` number (``1``, ``-0.5``, ``1e-3``), a comma-separated list of
+    numbers (a 1-D tensor: int64 if all are integers, else float32) or, with ``arrays``, ``@file`` — an array from a
+    ``.npy``, ``.npz`` (the array named KEY, or its only array), ``.txt`` (whitespace) or ``.csv`` (commas, an
+    optional header line) file, as a tensor (floating arrays as float32); without ``arrays`` (sampler options) a
+    list is a tuple (e.g. ``clip_x0=-1,1``) and ``true``/``false`` are booleans. ValueError naming the flag otherwise."""
+    what = f"{flag} {key}={text}"
+    if not arrays and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text.startswith("@"):
+        if not arrays:
+            raise ValueError(f"{what}: files are not accepted here; give a number")
+        return _array_file(Path(text[1:]), key, what)
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        numbers = [_number(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{what}: VALUE must be a number, a comma-separated list of numbers or @file") from None
+    if len(numbers) == 1 and "," not in text:
+        return numbers[0]
+    if not arrays:
+        return tuple(numbers)
+    return torch.tensor(numbers) if all(isinstance(v, int) for v in numbers) else torch.tensor(
+        [float(v) for v in numbers], dtype=torch.float32)
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # ValueError for non-numbers
+        if not torch.isfinite(torch.tensor(value)):
+            raise ValueError(text) from None
+        return value
+
+
+def _array_file(path: Path, key: str, what: str) -> torch.Tensor:
+    import numpy as np
+
+    if path.suffix not in (".npy", ".npz", ".txt", ".csv"):
+        raise ValueError(f"{what}: the file must end in .npy, .npz, .txt or .csv")
+    if not path.is_file():
+        raise ValueError(f"{what}: file not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                names = list(npz.files)
+                if key not in names and len(names) != 1:
+                    raise ValueError(f"{path} holds arrays {names}, none named {key!r}")
+                array = npz[key if key in names else names[0]]
+        else:
+            delimiter = "," if path.suffix == ".csv" else None
+            try:
+                array = np.loadtxt(path, delimiter=delimiter, ndmin=1)
+            except ValueError:  # a header line
+                array = np.loadtxt(path, delimiter=delimiter, ndmin=1, skiprows=1)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{what}: cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{what}: {path} holds {array.dtype} values, not numbers")
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.is_floating_point():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{what}: {path} holds NaN or infinite values")
+        tensor = tensor.to(torch.float32)
+    return tensor
+
+
+def parse_assignments(items: list[str], flag: str, arrays: bool = True) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (a repeatable flag) as a dict of ``parse_value``s; ValueError for a malformed or
+    repeated KEY."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        if key in out:
+            raise ValueError(f"{flag} {key} is given twice")
+        out[key] = parse_value(value.strip(), flag, key, arrays)
+    return out
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) < 400 else text[:397] + "..."
+    return text if len(text) < 1000 else text[:997] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             if args.n < 10:
                 raise ValueError("--n must be at least 10")
-            if args.domain != "none":
+            if args.domain is not None and args.domain != "none":
                 from .domain import domain_class
 
                 domain_class(args.domain)  # a misspelt domain fails before anything runs

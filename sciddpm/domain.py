@@ -1,14 +1,16 @@
 """The Domain contract: what a modality gives the engine (data, backbone, state space, I/O, metrics).
 
-The core never imports a domain. A domain module defines a subclass of :class:`Domain` and registers it with
-:func:`register_domain`; the CLI imports domain modules by name (see ``sciddpm.cli.DOMAIN_MODULES``), which
-runs the registration. The engine (``sciddpm.training``) then only talks to the object through this contract.
+The core never imports a domain and names none. A package registers a domain through a Python entry point of
+the ``sciddpm.domains`` group (``name = "package.module:DomainClass"``; this project's own domains are registered
+that way in its pyproject.toml), or a user names the class directly (``--domain package.module:DomainClass``);
+``domain_class`` imports it on first use. ``@register_domain`` registers a class already imported. The engine
+(``sciddpm.training``) then only talks to the object through this contract.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -115,6 +117,16 @@ class Domain(ABC):
             raise ValueError(f"unknown condition {unknown[0]!r} for domain {self.name!r}; valid conditions: {valid}")
         return conditions
 
+    def data_keys(self) -> tuple[str, ...] | None:
+        """The keys this domain reads from ``data:`` (``TrainConfig.data``); the engine refuses others with a
+        one-line error listing these. None (default): the domain declares none and its ``data:`` is unchecked."""
+        return None
+
+    def backbone_keys(self, config: dict[str, Any]) -> tuple[str, ...] | None:
+        """The keys ``build_backbone`` accepts in ``config`` (``backbone:``; may depend on e.g. its ``type``), e.g.
+        ``constructor_keys(MyNet, exclude=("features",))``. None (default): unchecked."""
+        return None
+
     def state_tensors(self) -> dict[str, Tensor]:
         """Tensors the domain needs after training (normalisation statistics); saved with the model."""
         return {}
@@ -139,6 +151,10 @@ class Domain(ABC):
 
 _DOMAINS: dict[str, type[Domain]] = {}
 
+#: The entry-point group through which packages (this project's own domains included) register a domain:
+#: ``[project.entry-points."sciddpm.domains"] name = "package.module:DomainClass"``.
+ENTRY_POINT_GROUP = "sciddpm.domains"
+
 
 def register_domain(cls: type[Domain]) -> type[Domain]:
     """Class decorator: register a Domain subclass under ``cls.name``."""
@@ -148,51 +164,70 @@ def register_domain(cls: type[Domain]) -> type[Domain]:
     return cls
 
 
-def get_domain(name: str, loader: Callable[[str], None] | None = None) -> type[Domain]:
-    """The registered Domain class called ``name`` (``loader(name)`` may import it first)."""
-    if name not in _DOMAINS and loader is not None:
-        loader(name)
-    if name not in _DOMAINS:
-        raise ValueError(f"unknown domain {name!r}; known domains: {', '.join(sorted(known_domains())) or 'none'}")
-    return _DOMAINS[name]
+def _entry_points() -> dict[str, Any]:
+    """The installed ``sciddpm.domains`` entry points by name (read through ``importlib.metadata``, nothing imported)."""
+    from importlib.metadata import entry_points
 
-
-#: Modules that register a domain when imported (the core imports none of them itself).
-DOMAIN_MODULES: dict[str, str] = {
-    "tabular": "examples.tabular_domain",
-    "molecules": "sciddpm.domains.molecules.adapter",
-    "images": "sciddpm.domains.images.adapter",
-}
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def known_domains() -> list[str]:
-    """Names that are registered or importable through ``DOMAIN_MODULES``."""
-    return sorted(set(_DOMAINS) | set(DOMAIN_MODULES))
+    """Names that are registered or installed as ``sciddpm.domains`` entry points."""
+    return sorted(set(_DOMAINS) | set(_entry_points()))
 
 
-def import_domain(name: str) -> None:
-    """Import the module registered for ``name`` in ``DOMAIN_MODULES`` (by name: no import at core load)."""
+def domain_spec(cls: type[Domain]) -> str:
+    """``package.module:Class`` of a domain class, as ``--domain`` accepts it (saved in exports)."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _load_object(spec: str, what: str) -> type[Domain]:
+    """Import ``package.module:Class`` and check it is a Domain subclass; ValueError naming ``spec`` otherwise."""
     import importlib
 
-    module = DOMAIN_MODULES.get(name)
-    if module is None:
-        return
+    module_name, _, attr = spec.partition(":")
     try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        # Not installed (e.g. ``examples`` outside the package list): load it from the source checkout.
-        source = Path(__file__).resolve().parents[1] / (module.replace(".", "/") + ".py")
-        if exc.name not in (module, module.split(".")[0]) or not source.is_file():
-            raise ValueError(f"domain {name!r} cannot be imported: {exc}") from None
-        import importlib.util
-        import sys
-
-        spec = importlib.util.spec_from_file_location(module, source)
-        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[module] = mod
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{what} {spec!r} cannot be imported: {exc}") from None
+    if not (isinstance(obj, type) and issubclass(obj, Domain)):
+        raise ValueError(f"{what} {spec!r} is not a sciddpm.domain.Domain subclass")
+    return obj
 
 
-def domain_class(name: str) -> type[Domain]:
-    """``get_domain`` that imports the domain's module on first use."""
-    return get_domain(name, loader=import_domain)
+def domain_class(spec: str) -> type[Domain]:
+    """The Domain class for ``spec``: a registered name, an installed ``sciddpm.domains`` entry point (imported on
+    first use, so the core imports no domain at load) or ``package.module:Class``; ValueError listing the known
+    domains otherwise."""
+    if spec in _DOMAINS:
+        return _DOMAINS[spec]
+    if ":" in spec:
+        cls = _load_object(spec, "domain class")
+        _DOMAINS.setdefault(cls.name or spec, cls)
+        return cls
+    entry = _entry_points().get(spec)
+    if entry is None:
+        raise ValueError(f"unknown domain {spec!r}; known domains: {', '.join(known_domains()) or 'none'} "
+                         f"(or give package.module:Class)")
+    cls = _load_object(entry.value, f"entry point {spec!r} ({ENTRY_POINT_GROUP})")
+    if cls.name != spec:
+        raise ValueError(f"entry point {spec!r} ({ENTRY_POINT_GROUP}) names {entry.value}, whose name is {cls.name!r}")
+    _DOMAINS[spec] = cls
+    return cls
+
+
+def get_domain(name: str) -> type[Domain]:
+    """The Domain class called ``name`` (same as ``domain_class``)."""
+    return domain_class(name)
+
+
+def constructor_keys(cls: type, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The keyword parameters of ``cls.__init__`` minus ``exclude`` (those the domain fills itself): the
+    ``backbone:`` keys of a domain whose backbone is ``cls(**config)``."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in params if p.name != "self" and p.name not in exclude
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))

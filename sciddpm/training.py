@@ -1,6 +1,7 @@
 """The training engine: Lightning glue around the core's denoising loss, EMA, checkpoints and exports.
 
-* ``TrainConfig``: a typed, validated config (YAML or TOML); unknown keys and wrong types are ValueErrors.
+* configs (``TrainConfig``, ``load_config``) live in ``sciddpm.config`` (re-exported here); ``fit`` checks the
+  domain's ``data:`` / ``backbone:`` keys and a named data path before anything is written.
 * ``DiffusionModule``: trains any domain's backbone with ``objectives.denoising_loss`` (schedule,
   parameterization, weighting from the config), keeps EMA weights (saved in Lightning checkpoints and
   restored on resume), optional bf16 autocast around the network and ``torch.compile`` (``compile``), AdamW
@@ -19,11 +20,8 @@ import json
 import logging
 import math
 import os
-import tomllib
-import types
-import typing
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,133 +34,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .config import TrainConfig, check_domain_config, config_from_dict, load_config, read_config_file
 from .domain import Domain, domain_class
-from .objectives import PARAMETERIZATIONS, WEIGHTINGS, denoising_loss
 from .model import DiffusionModel
-from .samplers import get_sampler
+from .objectives import denoising_loss
 from .schedules import schedule_from_config
-
-
-
-# ==================================================================================================
-# Config
-# ==================================================================================================
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; ``data`` and ``backbone`` are passed through to the domain."""
-
-    domain: str = "tabular"
-    data: dict = field(default_factory=dict)
-    backbone: dict = field(default_factory=dict)
-    schedule: dict = field(default_factory=dict)  # empty: the domain's ``default_schedule``
-    parameterization: str = "eps"
-    weighting: str = "simple"
-    importance_sampling: bool = False
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    max_steps: int = 1000
-    max_time: str | None = None
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    precision: str = "32"
-    compile: bool = False  # torch.compile the training network (see compile_network); the EMA stays eager
-    seed: int = 0
-    shuffle: bool = True
-    noise_shards: int = 1
-    num_workers: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    validate_every: int = 0  # sample + domain metrics every N steps (0: off)
-    validate_sampler: str = "ddpm"
-    validate_steps: int = 50
-    validate_n: int = 64
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-
-    def validate(self) -> "TrainConfig":
-        """Range checks that types cannot express; ValueError naming the field."""
-        for name in ("batch_size", "max_steps", "noise_shards", "checkpoint_every", "log_every", "devices", "num_nodes",
-                     "validate_steps", "validate_n"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
-        checks = {"parameterization": PARAMETERIZATIONS, "weighting": WEIGHTINGS, "precision": ("32", "bf16"),
-                  "lr_schedule": ("cosine", "constant")}
-        for name, allowed in checks.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"config field {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if self.validate_every < 0:
-            raise ValueError(f"config field 'validate_every' must be >= 0, got {self.validate_every}")
-        get_sampler(self.validate_sampler)
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"config field 'ema_decay' must be in [0, 1), got {self.ema_decay}")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("config fields 'lr' > 0, 'warmup_steps' >= 0 and 'grad_clip' >= 0 are required")
-        if self.schedule:
-            schedule_from_config(self.schedule)
-        return self
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or tp)
-
-
-def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """A validated TrainConfig from a mapping; ValueError naming an unknown key or a mistyped field."""
-    hints = typing.get_type_hints(TrainConfig)
-    for key, value in values.items():
-        if key not in hints:
-            raise ValueError(f"unknown config key {key!r} in {source}; known keys: {', '.join(hints)}")
-        if not _type_ok(value, hints[key]):
-            raise ValueError(f"config field {key!r} in {source} must be {hints[key]}, got {type(value).__name__} {value!r}")
-    values = {k: (float(v) if hints[k] is float else v) for k, v in values.items()}
-    return TrainConfig(**values).validate()
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The mapping in a YAML (.yaml/.yml) or TOML (.toml) file; ValueError naming the file otherwise."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read config file {path}: {exc.strerror}") from None
-    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
-        raise ValueError(f"config file {path} must end in .yaml, .yml, .json or .toml")
-    try:
-        if path.suffix == ".toml":
-            values = tomllib.loads(text)
-        else:
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-    except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError
-        raise ValueError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"config file {path} must hold a mapping of keys to values")
-    return values
-
-
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """TrainConfig from an optional file plus command-line overrides (overrides win)."""
-    values = read_config_file(path) if path is not None else {}
-    config_from_dict(values, str(path or "config"))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(values, f"{path} + flags" if path else "flags")
-
 
 # ==================================================================================================
 # Lightning module and data
@@ -382,6 +258,7 @@ def fit(cfg: TrainConfig, output: Path, resume: Path | None = None, progress: bo
     output = Path(output)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     domain = domain_class(cfg.domain)(cfg.data)
+    check_domain_config(cfg, domain)
     train_set = domain.train_dataset(cfg.data)
     module = DiffusionModule(asdict(cfg), domain=domain)
     data = DomainDataModule(domain, cfg, train_set)
@@ -415,7 +292,7 @@ def fit(cfg: TrainConfig, output: Path, resume: Path | None = None, progress: bo
     if trainer.is_global_zero:
         from .export import export_model
 
-        export_model(module, output / "export")
+        export_model(module.ema_model(), output / "export")
         plot_loss(output / "logs" / "version_0" / "metrics.csv", output / "loss.png")
     return module
 

@@ -21,7 +21,7 @@ DATA = ROOT / "tests" / "data" / "batadal_subset.csv"
 def run(tmp_path_factory) -> Path:
     """A 4-step tabular run: enough for a checkpoint and an export."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    fit(TrainConfig(max_steps=4, checkpoint_every=4, batch_size=16, backbone={"hidden": 16}), out, progress=False)
+    fit(TrainConfig(domain="tabular", max_steps=4, checkpoint_every=4, batch_size=16, backbone={"hidden": 16}), out, progress=False)
     return out
 
 
@@ -103,7 +103,9 @@ def test_misspelt_domain_console_exit_code(tmp_path):
     assert res.returncode == 2
     from sciddpm.domain import known_domains
 
-    assert res.stderr.strip() == f"sciddpm: error: unknown domain 'tabulr'; known domains: {', '.join(known_domains())}"
+    assert res.stderr.strip() == (f"sciddpm: error: unknown domain 'tabulr'; known domains: {', '.join(known_domains())}"
+                                  " (or give package.module:Class)")
+    assert {"images", "molecules", "tabular"} <= set(known_domains())  # the project's own entry points
     assert list(tmp_path.iterdir()) == []
 
 
@@ -146,13 +148,12 @@ def test_estimate_variance_then_analytic_sampling(run, tmp_path, capsys):
     assert len((tmp_path / "a.csv").read_text().splitlines()) == 9
 
 
-def test_default_demo_is_molecules(tmp_path, capsys):
-    """The default demo domain is molecules: a tiny run writes SDF/XYZ, the PNG and EDM's metrics."""
+def test_make_demo_is_molecules(tmp_path, capsys):
+    """`make demo` names its domain (molecules) in the Makefile, not the core: a tiny run writes SDF/XYZ, the PNG
+    and EDM's metrics."""
+    assert "DEMO_DOMAIN ?= molecules" in (ROOT / "Makefile").read_text()
     assert main(["demo", "--domain", "molecules", "--output", str(tmp_path), "--max-steps", "2", "--n-samples", "3",
                  "--n", "50"]) == 0
-    from sciddpm.cli import DEMO_DOMAIN
-
-    assert DEMO_DOMAIN == "molecules"
     run = tmp_path / "molecules"
     for name in ("samples.sdf", "samples.xyz", "samples.png", "metrics.json"):
         assert (run / name).is_file(), name

@@ -76,12 +76,12 @@ def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match=r"unknown config key 'learning_rate' in .*bad\.yaml"):
         load_config(bad)
     with pytest.raises(ValueError, match="config field 'batch_size'"):
-        config_from_dict({"batch_size": "64"})
+        config_from_dict({"domain": "tabular", "batch_size": "sixty-four"})
     with pytest.raises(ValueError, match="config field 'max_steps'"):
-        config_from_dict({"max_steps": True})
+        config_from_dict({"domain": "tabular", "max_steps": True})
     with pytest.raises(ValueError, match="parameterization"):
-        config_from_dict({"parameterization": "x1"})
-    assert config_from_dict(asdict(TrainConfig())) == TrainConfig()
+        config_from_dict({"domain": "tabular", "parameterization": "x1"})
+    assert config_from_dict(asdict(TrainConfig(domain="tabular"))) == TrainConfig(domain="tabular")
 
 
 def _ckpts(folder: Path) -> list[Path]:
@@ -137,7 +137,7 @@ def test_ddp_two_processes_match_doubled_batch(tmp_path):
     """2 CPU processes (gloo) x batch 16 == 1 process x batch 32: same data (no shuffle), same noise
     (noise_shards=2 gives every half of the global batch its own seeded stream). Tolerance: exact up to 1e-6."""
     cfg = tmp_path / "ddp.yaml"
-    cfg.write_text("shuffle: false\nnoise_shards: 2\nlr: 0.003\ncheckpoint_every: 5\nmax_steps: 5\n"
+    cfg.write_text("domain: tabular\nshuffle: false\nnoise_shards: 2\nlr: 0.003\ncheckpoint_every: 5\nmax_steps: 5\n"
                    "accelerator: cpu\nbackbone: {hidden: 32}\n")
     runs = {"single": ["--batch-size", "32"], "ddp": ["--batch-size", "16", "--devices", "2", "--strategy", "ddp"]}
     for name, extra in runs.items():
@@ -157,7 +157,7 @@ def test_validation_logs_domain_metrics(tmp_path):
     """With validate_every, the EMA model is sampled during training and the domain's metrics land in the CSV log."""
     import csv
 
-    cfg = TrainConfig(max_steps=6, checkpoint_every=6, batch_size=16, backbone={"hidden": 16}, log_every=1,
+    cfg = TrainConfig(domain="tabular", max_steps=6, checkpoint_every=6, batch_size=16, backbone={"hidden": 16}, log_every=1,
                       validate_every=3, validate_steps=5, validate_n=16)
     fit(cfg, tmp_path / "run", progress=False)
     with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv") as fh:
@@ -166,7 +166,7 @@ def test_validation_logs_domain_metrics(tmp_path):
     assert [int(r["step"]) for r in logged] == [3, 6]
     assert all(float(r["val/sliced_w2_heldout"]) > 0 for r in logged)
     with pytest.raises(ValueError, match="unknown sampler"):
-        config_from_dict({"validate_sampler": "nope"}, "test")
+        config_from_dict({"domain": "tabular", "validate_sampler": "nope"}, "test")
 
 
 def test_compile_network_compiles_a_backbone_without_core_whole():

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from sciddpm.domain import Domain, register_domain
+from sciddpm.domain import Domain, constructor_keys, register_domain
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
 
@@ -179,6 +179,12 @@ class ImagesDomain(Domain):
         if reference is not None:
             out["reference"] = _images(reference, "reference", n, 28)
         return out
+
+    def data_keys(self) -> tuple[str, ...]:
+        return ("path", "max_train", "class_conditional", "p_uncond", "super_resolution", "classifier", "n_reference")
+
+    def backbone_keys(self, config: dict[str, Any]) -> tuple[str, ...]:
+        return constructor_keys(UNet, exclude=("num_classes", "cond_channels"))  # set from data: options
 
     # -- output -----------------------------------------------------------------------------------
     def write_samples(self, path: Path, samples: Tensor, space: Any = None) -> None:

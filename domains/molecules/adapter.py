@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from sciddpm.domain import Domain, register_domain
+from sciddpm.domain import Domain, constructor_keys, register_domain
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import GraphSpace, ProductSpace, ZeroCoMSpace
 
@@ -218,6 +218,19 @@ class MoleculesDomain(Domain):
         else:
             raise ValueError(f"unknown molecules backbone type {kind!r}; expected 'egnn', 'egnn_paper' or 'e3nn'")
         return MoleculeNet(net)
+
+    def data_keys(self) -> tuple[str, ...]:
+        return ("path", "max_molecules", "split", "val_split", "split_seed", "train_half", "conditioning",
+                "sample_properties")
+
+    def backbone_keys(self, config: dict[str, Any]) -> tuple[str, ...]:
+        if config.get("type") == "e3nn":
+            from .e3nn_backbone import E3NNDynamics
+
+            net: type = E3NNDynamics
+        else:
+            net = EGNNDynamics
+        return ("type",) + constructor_keys(net, exclude=("in_node_nf",))
 
     @staticmethod
     def _space(batch: Tensor, num_graphs: int, context: Tensor | None = None,
