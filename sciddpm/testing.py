@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -362,8 +363,47 @@ def _order_outputs(model: Any, first: tuple[int, dict[str, Any]], second: tuple[
     return result
 
 
+def _snapshot(value: Any, depth: int = 0) -> Any:
+    """A comparable copy of a domain attribute: tensors and arrays by value, containers item by item, numbers and
+    strings as they are, any other object by identity (a lazily built cache keeps its identity)."""
+    if isinstance(value, Tensor):
+        return ("tensor", value.detach().cpu().clone())
+    if isinstance(value, np.ndarray):
+        return ("array", value.copy())
+    if isinstance(value, dict) and depth < 4:
+        return {k: _snapshot(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and depth < 4:
+        return type(value)(_snapshot(v, depth + 1) for v in value)
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return value
+    return ("object", id(value), value)  # the object itself is kept, so its id cannot be reused
+
+
+def _changed_attribute(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    for key in sorted(set(before) | set(after)):
+        if key not in before or key not in after or not _same_snapshot(before[key], after[key]):
+            return key
+    return None
+
+
+def _same_snapshot(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple) and len(a) == 3 and a[:1] == ("object",):
+        return isinstance(b, tuple) and len(b) == 3 and b[0] == "object" and a[2] is b[2]
+    if isinstance(a, tuple) and len(a) == 2 and a[0] in ("tensor", "array"):
+        if not (isinstance(b, tuple) and len(b) == 2 and b[0] == a[0]):
+            return False
+        return _same(a[1], b[1]) if a[0] == "tensor" else a[1].shape == b[1].shape and bool(np.array_equal(a[1], b[1]))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_snapshot(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same_snapshot(x, y) for x, y in zip(a, b))
+    return _same(a, b)
+
+
 def _check_sampling_state(model: Any, conditions: list[dict[str, Any]], n: int, steps: int, sampler: str, seed: int,
                           tmp: Path, evaluate: bool) -> dict[str, Any]:
+    """Sample (and write, and score) A then B, then B then A: each set's results must not depend on the order, and
+    the domain's attributes must be the same after either order (what changes with the last sample is state)."""
     check = "sampling_state"
     sets = conditions if len(conditions) > 1 else conditions * 2  # one set: two seeds of it
     pairs = [(i, i + 1) for i in range(len(sets) - 1)]
@@ -371,6 +411,7 @@ def _check_sampling_state(model: Any, conditions: list[dict[str, Any]], n: int, 
         for i, j in pairs:
             ab = _order_outputs(model, (i, sets[i]), (j, sets[j]), n, steps, sampler, seed, tmp / f"order_{i}{j}",
                                 evaluate)
+            state = {k: _snapshot(v) for k, v in vars(model.domain).items()}
             ba = _order_outputs(model, (j, sets[j]), (i, sets[i]), n, steps, sampler, seed, tmp / f"order_{j}{i}",
                                 evaluate)
             for k in (i, j):
@@ -384,7 +425,12 @@ def _check_sampling_state(model: Any, conditions: list[dict[str, Any]], n: int, 
                 if not _same(ma, mb):
                     _fail(check, f"evaluate of condition set #{k} gives different metrics depending on what was "
                                  "sampled last: the domain keeps sampling state (use the space's condition)")
-    return {"pairs": pairs, "compared": ["samples", "write_samples"] + (["evaluate"] if evaluate else [])}
+            changed = _changed_attribute(state, {k: _snapshot(v) for k, v in vars(model.domain).items()})
+            if changed is not None:
+                _fail(check, f"domain attribute {changed!r} depends on which condition set was sampled last (#{j} or "
+                             f"#{i}): the domain keeps sampling state (carry it in the space's condition)")
+    return {"pairs": pairs, "compared": ["samples", "write_samples"] + (["evaluate"] if evaluate else []) +
+            ["domain attributes"]}
 
 
 def _check_equivariance(domain: Domain, net: nn.Module, schedule: NoiseSchedule, action: GroupAction,
