@@ -5,7 +5,8 @@ without knowing anything about it. ``check_domain(domain)`` exercises that contr
 seconds on one CPU thread:
 
 1. ``sample_space``: ``sample_space(n, generator, conditions)`` gives a space of n samples whose prior draw is
-   finite and whose shape is what the backbone returns for it (with ``network_condition(space)``);
+   finite and whose shape is what the backbone returns for it (with ``network_condition(space)``, and with
+   ``null_condition(space)`` where the domain has an unconditional mode);
 2. ``data_batch``: a collated training batch (``train_dataset`` → ``collate`` → ``space_for``/``state_from``)
    lies in its space, the network accepts it, ``network_condition`` gives the same keywords for data and for
    sampled spaces, and ``training_condition``'s keywords are ones the network accepts;
@@ -15,8 +16,8 @@ seconds on one CPU thread:
 4. ``determinism``: ``DiffusionModel.sample`` with one seed gives identical samples twice, another seed different ones;
 5. ``export_load``: export → ``sciddpm.load`` → sample equals sampling the in-memory model, condition by condition;
 6. ``sampling_state``: sampling condition sets A then B, or B then A, from one domain object gives the same
-   samples, and the same ``write_samples`` files and ``evaluate`` metrics for each (the domain keeps no
-   sampling state: everything travels in ``SamplerOutput.space``);
+   samples, the same ``write_samples`` files and ``evaluate`` metrics for each, and leaves the domain's
+   attributes the same (the domain keeps no sampling state: everything travels in ``SamplerOutput.space``);
 7. ``equivariance`` (with ``group_action``): f(g·x) = g·f(x) for the network f, within tolerance
    (numerical equivariance test in the style of e3nn; Geiger & Smidt 2022);
 8. ``outputs``: ``write_samples`` and ``evaluate`` accept the sampled ``SamplerOutput.space``.
@@ -30,7 +31,7 @@ import inspect
 import math
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .domain import Domain, domain_class
-from .samplers import SamplerOutput, prior_sample, time_grid
+from .samplers import SamplerOutput, get_sampler, prior_sample, time_grid
 from .schedules import NoiseSchedule, schedule_from_config
 from .spaces import Space
 
@@ -77,8 +78,10 @@ def _checking(check: str) -> Iterator[None]:
 def _same(a: Any, b: Any) -> bool:
     """Exact equality of condition values (tensors: same shape, dtype and values; NaN equal to NaN)."""
     if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
-                and bool(torch.equal(a.cpu(), b.cpu()) or torch.isnan(a).all() and torch.isnan(b).all()))
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype):
+            return False
+        a, b = a.detach().cpu(), b.detach().cpu()
+        return bool(torch.equal(a, b) or a.is_floating_point() and ((a == b) | (a.isnan() & b.isnan())).all())
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if isinstance(a, dict) and isinstance(b, dict):
@@ -156,21 +159,20 @@ def check_domain(domain: Domain | type[Domain] | str, *, options: dict[str, Any]
     :class:`DomainCheckError` (an AssertionError) with one line ``check_domain[<check>]: …``.
     """
     if n < 2:
-        raise ValueError(f"check_domain: n must be >= 2 (samples of one batch must be told apart), got {n}")
+        raise ValueError(f"check_domain: n must be >= 2 (a batch of one cannot show per-sample conditions), got {n}")
     if steps < 1:
         raise ValueError(f"check_domain: steps must be >= 1, got {steps}")
     if tolerance <= 0:
         raise ValueError(f"check_domain: tolerance must be > 0, got {tolerance}")
     if isinstance(conditions, dict) or not all(isinstance(c, dict) for c in conditions):
         raise ValueError("check_domain: conditions must be a sequence of dicts (condition sets), e.g. [{'y': 3}]")
+    get_sampler(sampler)  # ValueError naming the valid samplers
     start = time.perf_counter()
     domain = _instance(domain, options)
-    if tmp_dir is None:
-        with tempfile.TemporaryDirectory(prefix="check_domain_") as tmp:
-            return _run(domain, dict(backbone or {}), list(conditions) or [{}], group_action, n, steps, sampler,
-                        Path(tmp), seed, tolerance, evaluate, start)
-    return _run(domain, dict(backbone or {}), list(conditions) or [{}], group_action, n, steps, sampler,
-                Path(tmp_dir), seed, tolerance, evaluate, start)
+    folder = tempfile.TemporaryDirectory(prefix="check_domain_") if tmp_dir is None else nullcontext(str(tmp_dir))
+    with folder as tmp:
+        return _run(domain, dict(backbone or {}), list(conditions) or [{}], group_action, n, steps, sampler,
+                    Path(tmp), seed, tolerance, evaluate, start)
 
 
 def _run(domain: Domain, backbone: dict[str, Any], conditions: list[dict[str, Any]], group_action: GroupAction | None,
@@ -236,6 +238,10 @@ def _check_sample_space(domain: Domain, net: nn.Module, schedule: NoiseSchedule,
             if not out.abs().max() > 0:
                 _fail(check, "backbone output is identically zero: pass a backbone config without zero-initialised "
                              "output layers so the checks can see conditions and symmetries")
+            null = domain.null_condition(space)
+            if null is not None:
+                _network_output(check, net, x_T, _mid_time(schedule, n), space, null,
+                                f"null_condition, condition set #{i}")
             shapes.append(tuple(space.shape))
     return {"shapes": shapes}
 

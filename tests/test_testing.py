@@ -389,6 +389,20 @@ def test_catches_a_bad_data_batch():
                                r"batch but \['shift'\] for a sampled space")
 
 
+@register_domain
+class BadNullDomain(ToyDomain):
+    """Classifier-free guidance's unconditional inputs under a name the network does not take."""
+
+    name = "toy_check_bad_null"
+
+    def null_condition(self, space: Any) -> dict[str, Any] | None:
+        return {"label": torch.full((space.batch_size,), -1)}
+
+
+def test_catches_a_null_condition_the_network_does_not_take():
+    fails(BadNullDomain(), r"check_domain\[sample_space\]: TypeError: .*unexpected keyword argument 'label'")
+
+
 def test_a_domain_error_becomes_one_line_naming_the_check():
     """An exception raised inside the domain (a malformed condition value) is reported with the check it hit."""
     fails(ToyDomain(), r"check_domain\[sample_space\]: RuntimeError: ", conditions=[{"shift": [1.0, 2.0]}])
@@ -401,6 +415,9 @@ def test_same_space():
     assert not same_space(a, DenseSpace((2, 3)).with_condition({"shift": torch.tensor([1, 2])}))  # dtype
     assert not same_space(a, DenseSpace((2, 3)))
     assert not same_space(DenseSpace((2, 3)), DenseSpace((3, 2)))
+    nan = DenseSpace((2, 3)).with_condition({"target": torch.tensor([float("nan"), 1.0])})
+    assert same_space(nan, DenseSpace((2, 3)).with_condition({"target": torch.tensor([float("nan"), 1.0])}))
+    assert not same_space(nan, DenseSpace((2, 3)).with_condition({"target": torch.tensor([1.0, float("nan")])}))
 
 
 def test_bad_arguments():
@@ -410,5 +427,7 @@ def test_bad_arguments():
         check_domain(ToyDomain(), conditions={"shift": 1.0})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="check_domain: options are for a domain class or name"):
         check_domain(ToyDomain(), options={})
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        check_domain(ToyDomain(), sampler="euler")
     with pytest.raises(ValueError, match="unknown domain 'no_such_domain'"):
         check_domain("no_such_domain")
