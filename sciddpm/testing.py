@@ -55,6 +55,22 @@ class DomainCheckError(AssertionError):
     """A domain broke its contract; the message is one line ``check_domain[<check>]: <what failed>``."""
 
 
+@contextmanager
+def registered_domains(*classes: type[Domain]) -> Iterator[None]:
+    """Register Domain classes under their ``name`` for the duration of a with-block (``sciddpm.load`` of an export
+    finds a domain by name), then restore the registry as it was: test domains do not leak into the CLI's list."""
+    from . import domain as registry
+
+    before = dict(registry._DOMAINS)
+    try:
+        for cls in classes:
+            registry.register_domain(cls)
+        yield
+    finally:
+        registry._DOMAINS.clear()
+        registry._DOMAINS.update(before)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -475,4 +491,4 @@ def _check_outputs(model: Any, conditions: dict[str, Any], n: int, steps: int, s
     return {"metrics": {k: float(v) for k, v in metrics.items()}}
 
 
-__all__ = ["check_domain", "DomainCheckError", "GroupAction", "export_and_load", "same_space"]
+__all__ = ["check_domain", "DomainCheckError", "GroupAction", "export_and_load", "registered_domains", "same_space"]

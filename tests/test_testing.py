@@ -16,10 +16,24 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from sciddpm.domain import Domain, register_domain
+from sciddpm.domain import Domain
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
-from sciddpm.testing import DomainCheckError, check_domain, same_space
+from sciddpm.testing import DomainCheckError, check_domain, registered_domains, same_space
+
+#: The test domains, registered (for export → load) only while this module's tests run.
+LOCAL_DOMAINS: list[type[Domain]] = []
+
+
+def local_domain(cls: type[Domain]) -> type[Domain]:
+    LOCAL_DOMAINS.append(cls)
+    return cls
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registered():
+    with registered_domains(*LOCAL_DOMAINS):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +59,7 @@ class ToyNet(nn.Module):
         return torch.tanh(self.lin(x)) * (1 + 0.1 * s[:, None] + t.to(x.dtype)[:, None] / 1000)
 
 
-@register_domain
+@local_domain
 class ToyDomain(Domain):
     """A correct domain: everything ``evaluate`` and ``write_samples`` need travels in the space."""
 
@@ -149,7 +163,7 @@ def test_accepts_a_class_or_name_and_default_conditions():
     assert check_domain(ToyDomain, n=3)["checks"]["sample_space"]["shapes"] == [(3, 3)]
 
 
-@register_domain
+@local_domain
 class WrongShapeDomain(ToyDomain):
     name = "toy_check_wrong_shape"
     net_options = {"out_features": 2}
@@ -160,7 +174,7 @@ def test_catches_backbone_shape_disagreement():
                               r"space shape \(4, 3\) \(prior sample, condition set #0\)")
 
 
-@register_domain
+@local_domain
 class ZeroNetDomain(ToyDomain):
     name = "toy_check_zero_net"
     net_options = {"scale": 0.0}
@@ -170,7 +184,7 @@ def test_catches_a_zero_output_backbone():
     fails(ZeroNetDomain(), r"\[sample_space\]: backbone output is identically zero")
 
 
-@register_domain
+@local_domain
 class StatefulEvaluateDomain(ToyDomain):
     """The old images bug: ``sample_space`` remembers the last conditions and ``evaluate`` reads them."""
 
@@ -186,7 +200,7 @@ class StatefulEvaluateDomain(ToyDomain):
         return {"mean_minus_shift": float((samples.mean(1) - self._last_shift).mean())}
 
 
-@register_domain
+@local_domain
 class StatefulWriterDomain(StatefulEvaluateDomain):
     name = "toy_check_stateful_writer"
 
@@ -223,7 +237,7 @@ class FixedNoiseSpace(GlobalNoiseSpace):
         return torch.randn(self.shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
 
 
-@register_domain
+@local_domain
 class NonDeterministicDomain(ToyDomain):
     name = "toy_check_nondeterministic"
 
@@ -231,7 +245,7 @@ class NonDeterministicDomain(ToyDomain):
         return GlobalNoiseSpace((n, 3))
 
 
-@register_domain
+@local_domain
 class SeedBlindDomain(ToyDomain):
     name = "toy_check_seed_blind"
 
@@ -244,7 +258,7 @@ def test_catches_a_non_deterministic_sampler():
     fails(SeedBlindDomain(), r"\[determinism\]: seeds 0 and 1 give the same samples")
 
 
-@register_domain
+@local_domain
 class OwnGeneratorDomain(ToyDomain):
     """Defaults drawn from a generator the domain holds (sampling state), not the one passed in."""
 
@@ -261,7 +275,7 @@ def test_catches_defaults_not_drawn_from_the_generator():
                                 "different spaces", conditions=[{}])
 
 
-@register_domain
+@local_domain
 class DroppedConditionDomain(ToyDomain):
     """``sample_space`` ignores the given shift: the condition does not round-trip."""
 
@@ -273,7 +287,7 @@ class DroppedConditionDomain(ToyDomain):
         return DenseSpace((n, 3)).with_condition({"shift": torch.zeros(n)})
 
 
-@register_domain
+@local_domain
 class LaxConditionsDomain(ToyDomain):
     """``check_conditions`` accepts any name."""
 
@@ -287,7 +301,7 @@ class NoMoveSpace(DenseSpace):
     """Inherits DenseSpace's ``_to``, which returns a DenseSpace."""
 
 
-@register_domain
+@local_domain
 class LostOnMoveDomain(ToyDomain):
     """A space subclass without ``_to``: moving it returns a plain DenseSpace."""
 
@@ -304,7 +318,7 @@ def test_catches_a_condition_that_does_not_round_trip():
     fails(LostOnMoveDomain(), r"\[conditions\]: space.to\('cpu'\) changes the space of condition set #0")
 
 
-@register_domain
+@local_domain
 class BiasDomain(ToyDomain):
     name = "toy_check_bias"
     net_options = {"bias": True}
@@ -318,7 +332,7 @@ def test_catches_broken_equivariance():
           group_action=lambda x, space: x)
 
 
-@register_domain
+@local_domain
 class ForgetfulDomain(ToyDomain):
     """A statistic fitted in ``train_dataset`` and used by ``sample_space`` but not saved by ``state_tensors``."""
 
@@ -338,7 +352,7 @@ def test_catches_a_statistic_missing_from_the_export():
     fails(ForgetfulDomain(), r"\[export_load\]: the loaded model builds a different space for condition set #0")
 
 
-@register_domain
+@local_domain
 class OffSpaceDataDomain(ToyDomain):
     """Data states outside their space: a zero-centre-of-mass space whose data are not centred."""
 
@@ -353,7 +367,7 @@ class OffSpaceDataDomain(ToyDomain):
         return batch[0][:, :, None] + 1.0
 
 
-@register_domain
+@local_domain
 class TrainingKeywordDomain(ToyDomain):
     name = "toy_check_training_keyword"
 
@@ -368,7 +382,7 @@ class KeywordsNet(ToyNet):
         return super().forward(x, t, shift)
 
 
-@register_domain
+@local_domain
 class DataKeywordDomain(ToyDomain):
     """Data spaces carry a network input (``weight``) that sampled spaces lack."""
 
@@ -389,7 +403,7 @@ def test_catches_a_bad_data_batch():
                                r"batch but \['shift'\] for a sampled space")
 
 
-@register_domain
+@local_domain
 class BadNullDomain(ToyDomain):
     """Classifier-free guidance's unconditional inputs under a name the network does not take."""
 
@@ -431,3 +445,16 @@ def test_bad_arguments():
         check_domain(ToyDomain(), sampler="euler")
     with pytest.raises(ValueError, match="unknown domain 'no_such_domain'"):
         check_domain("no_such_domain")
+
+
+def test_registered_domains_restores_the_registry():
+    from sciddpm.domain import get_domain, known_domains
+
+    class Temporary(ToyDomain):
+        name = "toy_check_temporary"
+
+    with registered_domains(Temporary):
+        assert get_domain("toy_check_temporary") is Temporary
+    assert "toy_check_temporary" not in known_domains()
+    with pytest.raises(ValueError, match="unknown domain 'toy_check_temporary'"):
+        get_domain("toy_check_temporary")

@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from sciddpm.domain import register_domain
 from sciddpm.domains.images.adapter import ImagesDomain
 from sciddpm.domains.images.sr3 import downsample
-from sciddpm.testing import DomainCheckError, check_domain
+from sciddpm.testing import DomainCheckError, check_domain, registered_domains
 
 from .common import TINY_UNET
 
@@ -44,7 +43,6 @@ def test_super_resolution_images_keep_the_contract():
     assert {"psnr", "ssim", "bicubic_psnr"} <= set(checks["outputs"]["metrics"])  # the default set has references
 
 
-@register_domain
 class LabelsOnTheDomain(ImagesDomain):
     """The images domain before the v2 contract: ``sample_space`` kept the labels on the domain for ``evaluate``."""
 
@@ -64,5 +62,6 @@ def test_labels_kept_on_the_domain_are_caught():
     """Untrained samples make the classifier's accuracy blind to the labels, so it is the attribute that shows."""
     with pytest.raises(DomainCheckError, match=r"check_domain\[sampling_state\]: domain attribute '_labels' depends on "
                                                r"which condition set was sampled last"):
-        check_domain(LabelsOnTheDomain({"class_conditional": True}), backbone=UNET,
-                     conditions=[{"y": 3}, {"y": [0, 5, 9, 2]}])
+        with registered_domains(LabelsOnTheDomain):
+            check_domain(LabelsOnTheDomain({"class_conditional": True}), backbone=UNET,
+                         conditions=[{"y": 3}, {"y": [0, 5, 9, 2]}])

@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from sciddpm.domain import register_domain
 from sciddpm.domains.molecules.adapter import MoleculesDomain
 from sciddpm.spaces import Space
-from sciddpm.testing import DomainCheckError, check_domain
+from sciddpm.testing import DomainCheckError, check_domain, registered_domains
 
 TINY = {"n_layers": 2, "hidden_nf": 16}
 #: An orthogonal 3×3 matrix (QR of a seeded Gaussian): a rotation, or a rotation with a reflection (both in E(3)).
@@ -76,7 +75,6 @@ def test_a_translation_is_not_a_symmetry_of_the_noise_prediction():
         check_domain(MoleculesDomain(), backbone=TINY, conditions=[{"n_atoms": SIZES}], group_action=translate)
 
 
-@register_domain
 class LayoutOnTheDomain(MoleculesDomain):
     """The molecules domain before the v2 contract: the last sampled layout was kept on the domain for decoding."""
 
@@ -95,4 +93,5 @@ def test_a_layout_kept_on_the_domain_is_caught():
     """Sampled after 16-atom molecules, the 68 atoms of set #0 no longer fit the layout the domain kept."""
     with pytest.raises(DomainCheckError, match=r"check_domain\[sampling_state\]: ValueError: molecule state has 68 "
                                                r"atoms but its space has 64"):
-        check_domain(LayoutOnTheDomain(), backbone=TINY, conditions=[{"n_atoms": SIZES}, {"n_atoms": 16}])
+        with registered_domains(LayoutOnTheDomain):
+            check_domain(LayoutOnTheDomain(), backbone=TINY, conditions=[{"n_atoms": SIZES}, {"n_atoms": 16}])
