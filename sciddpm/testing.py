@@ -385,41 +385,43 @@ def _order_outputs(model: Any, first: tuple[int, dict[str, Any]], second: tuple[
     return result
 
 
-def _snapshot(value: Any, depth: int = 0) -> Any:
-    """A comparable copy of a domain attribute: tensors and arrays by value, containers item by item, numbers and
-    strings as they are, any other object by identity (a lazily built cache keeps its identity)."""
-    if isinstance(value, Tensor):
-        return ("tensor", value.detach().cpu().clone())
-    if isinstance(value, np.ndarray):
-        return ("array", value.copy())
-    if isinstance(value, dict) and depth < 4:
-        return {k: _snapshot(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and depth < 4:
-        return type(value)(_snapshot(v, depth + 1) for v in value)
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
-        return value
-    return ("object", id(value), value)  # the object itself is kept, so its id cannot be reused
+class _Snapshot:
+    """A domain attribute as the no-sampling-state check compares it: tensors, arrays, numbers and strings by value,
+    containers item by item, any other object by identity (a lazily built cache keeps its identity)."""
 
+    def __init__(self, value: Any, depth: int = 0) -> None:
+        if isinstance(value, dict) and depth < 4:
+            self.kind, self.value = "dict", {k: _Snapshot(v, depth + 1) for k, v in value.items()}
+        elif isinstance(value, (list, tuple)) and depth < 4:
+            self.kind, self.value = type(value).__name__, [_Snapshot(v, depth + 1) for v in value]
+        elif isinstance(value, Tensor):
+            self.kind, self.value = "value", value.detach().cpu().clone()
+        elif isinstance(value, np.ndarray):
+            self.kind, self.value = "array", value.copy()
+        elif value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+            self.kind, self.value = "value", value
+        else:
+            self.kind, self.value = "object", value  # kept alive, so identity is meaningful
 
-def _changed_attribute(before: dict[str, Any], after: dict[str, Any]) -> str | None:
-    for key in sorted(set(before) | set(after)):
-        if key not in before or key not in after or not _same_snapshot(before[key], after[key]):
-            return key
-    return None
-
-
-def _same_snapshot(a: Any, b: Any) -> bool:
-    if isinstance(a, tuple) and len(a) == 3 and a[:1] == ("object",):
-        return isinstance(b, tuple) and len(b) == 3 and b[0] == "object" and a[2] is b[2]
-    if isinstance(a, tuple) and len(a) == 2 and a[0] in ("tensor", "array"):
-        if not (isinstance(b, tuple) and len(b) == 2 and b[0] == a[0]):
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Snapshot) or self.kind != other.kind:
             return False
-        return _same(a[1], b[1]) if a[0] == "tensor" else a[1].shape == b[1].shape and bool(np.array_equal(a[1], b[1]))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_snapshot(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same_snapshot(x, y) for x, y in zip(a, b))
-    return _same(a, b)
+        if self.kind == "object":
+            return self.value is other.value
+        if self.kind == "array":
+            return self.value.shape == other.value.shape and bool(np.array_equal(self.value, other.value))
+        return _same(self.value, other.value) if self.kind == "value" else self.value == other.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _attributes(domain: Domain) -> dict[str, _Snapshot]:
+    return {k: _Snapshot(v) for k, v in vars(domain).items()}
+
+
+def _changed_attribute(before: dict[str, _Snapshot], after: dict[str, _Snapshot]) -> str | None:
+    """The first attribute (by name) that appeared, disappeared or changed; None if none did."""
+    return next((k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)), None)
 
 
 def _check_sampling_state(model: Any, conditions: list[dict[str, Any]], n: int, steps: int, sampler: str, seed: int,
@@ -433,7 +435,7 @@ def _check_sampling_state(model: Any, conditions: list[dict[str, Any]], n: int, 
         for i, j in pairs:
             ab = _order_outputs(model, (i, sets[i]), (j, sets[j]), n, steps, sampler, seed, tmp / f"order_{i}{j}",
                                 evaluate)
-            state = {k: _snapshot(v) for k, v in vars(model.domain).items()}
+            state = _attributes(model.domain)
             ba = _order_outputs(model, (j, sets[j]), (i, sets[i]), n, steps, sampler, seed, tmp / f"order_{j}{i}",
                                 evaluate)
             for k in (i, j):
@@ -447,7 +449,7 @@ def _check_sampling_state(model: Any, conditions: list[dict[str, Any]], n: int, 
                 if not _same(ma, mb):
                     _fail(check, f"evaluate of condition set #{k} gives different metrics depending on what was "
                                  "sampled last: the domain keeps sampling state (use the space's condition)")
-            changed = _changed_attribute(state, {k: _snapshot(v) for k, v in vars(model.domain).items()})
+            changed = _changed_attribute(state, _attributes(model.domain))
             if changed is not None:
                 _fail(check, f"domain attribute {changed!r} depends on which condition set was sampled last (#{j} or "
                              f"#{i}): the domain keeps sampling state (carry it in the space's condition)")

@@ -214,7 +214,8 @@ def test_catches_sampling_state():
     fails(StatefulWriterDomain(), r"\[sampling_state\]: write_samples of condition set #0 writes different files")
     # Without evaluate in the comparison (or with a metric blind to the state) the stored attribute still shows.
     fails(StatefulEvaluateDomain(), r"\[sampling_state\]: domain attribute '_last_shift' depends on which condition "
-                                    r"set was sampled last \(#1 or #0\): the domain keeps sampling state", evaluate=False)
+                                    r"set was sampled last \(#1 or #0\): the domain keeps sampling state",
+          evaluate=False)
 
 
 class GlobalNoiseSpace(DenseSpace):

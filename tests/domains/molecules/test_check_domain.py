@@ -36,7 +36,8 @@ def reverse_atoms(space: Space) -> Tensor:
 
 
 def rotate_and_permute(x: Tensor, space: Space) -> Tensor:
-    """g = (Q, π) ∈ O(3) × S_N: positions x_i ↦ Q x_π(i), features h_i ↦ h_π(i) (EDM's EGNN is equivariant to both)."""
+    """g = (Q, π) ∈ O(3) × S_N: positions x_i ↦ Q x_π(i), features h_i ↦ h_π(i); EDM's EGNN is equivariant to
+    both (Satorras et al. 2021)."""
     x = x[reverse_atoms(space)]
     return torch.cat([x[:, :3] @ Q.T, x[:, 3:]], dim=1)
 
@@ -56,7 +57,8 @@ def test_conditional_molecules_keep_the_contract():
     """Atom counts and α targets (Bohr³) travel in the space; sampling A then B or B then A from one domain object
     gives the same molecules and the same SDF files (targets written as data fields) for each."""
     report = check_domain(MoleculesDomain({"conditioning": ["alpha"]}), backbone=TINY,
-                          conditions=[{"n_atoms": SIZES, "alpha": 70.0}, {"n_atoms": 16, "alpha": [60.0, 70.0, 80.0, 90.0]},
+                          conditions=[{"n_atoms": SIZES, "alpha": 70.0},
+                                      {"n_atoms": 16, "alpha": [60.0, 70.0, 80.0, 90.0]},
                                       {"n_atoms": 16, "alpha": 90.0}, {}],
                           group_action=rotate_and_permute)
     checks = report["checks"]
