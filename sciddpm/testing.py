@@ -32,6 +32,7 @@ import math
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -218,15 +219,21 @@ def _run(domain: Domain, backbone: dict[str, Any], conditions: list[dict[str, An
 def export_and_load(domain: Domain, backbone: dict[str, Any], path: Path) -> tuple[Any, Any]:
     """(in-memory ``DiffusionModel``, the same model exported to ``path`` and read back by ``sciddpm.load``).
 
-    The one place check_domain touches the export API: the engine's module (untrained weights, which is all the
-    round trip needs) is exported with ``sciddpm.export.export_model`` and reloaded with the public ``load``."""
+    The model is built as the engine builds it (validated ``TrainConfig``, the domain's default schedule, its
+    ``build_backbone``; untrained weights, which is all the round trip needs), without Lightning, and written with
+    ``sciddpm.export.export_model``."""
+    from .config import config_from_dict
     from .export import export_model, load
-    from .training import DiffusionModule
+    from .model import DiffusionModel
+    from .schedules import schedule_from_config
 
-    config = {"domain": domain.name, "data": dict(domain.options), "backbone": dict(backbone)}
-    module = DiffusionModule(config, domain)
-    export_model(module, path)
-    return module.ema_model(), load(path)
+    cfg = config_from_dict({"domain": domain.name, "data": dict(domain.options), "backbone": dict(backbone)},
+                           "check_domain config")
+    schedule = schedule_from_config(cfg.schedule or domain.default_schedule)
+    net = domain.build_backbone(cfg.backbone, schedule).eval()
+    model = DiffusionModel(domain, net, schedule, cfg.parameterization, asdict(cfg))
+    export_model(model, path)
+    return model, load(path)
 
 
 def _prior(domain: Domain, schedule: NoiseSchedule, conditions: dict[str, Any], n: int,
