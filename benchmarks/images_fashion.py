@@ -15,13 +15,14 @@ cheapest first, and a row whose predicted cost does not fit is written as "not r
 
     python benchmarks/images_fashion.py --device cuda                 # GPU: ADM-sized UNet, 3 min + 1 min heads
     python benchmarks/images_fashion.py --device cpu --minutes 12     # CPU: small UNet (tiny budget)
-    python benchmarks/images_fashion.py --smoke --results-dir /tmp/x  # a few steps of every path (a check)
+    python benchmarks/images_fashion.py --smoke   # a few steps of every path (a check; results in a temp folder)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,7 +132,8 @@ def main() -> None:
     ap.add_argument("--backbone", default=None, help="UNet config JSON (default: ADM-sized on CUDA, small on CPU)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=str(ROOT / "runs" / "images_fashion"))
-    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--results-dir", type=Path, default=None,
+                    help="default benchmarks/results (--smoke: a temporary folder, never the committed tables)")
     ap.add_argument("--smoke", action="store_true", help="tiny UNet, committed subset, a few steps of every path")
     ap.add_argument("--extra-rows", default=None,
                     help="second pass on the export in --output: FD rows 'method:K,...' (ddpm, ddim, dpm_solver_pp_2m, "
@@ -151,6 +153,8 @@ def main() -> None:
     if args.smoke:
         backbone, args.data = TINY_UNET, str(ROOT / "tests" / "data" / "fashion_mnist_subset")
         args.n_samples, args.n_reference, args.nll_images, args.batch_size = 20, 50, 8, 16
+    if args.results_dir is None:
+        args.results_dir = Path(tempfile.gettempdir()) / "images_fashion_smoke" if args.smoke else RESULTS_DIR
     out = Path(args.output)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     if args.extra_rows:
