@@ -38,8 +38,8 @@ class Domain(ABC):
     def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
         """The network, called as ``net(x_t, t, **condition)`` with t float64 [B] in the schedule's units.
 
-        ``schedule`` is the model's noise schedule (None: ``schedule_from_config(default_schedule)``); a backbone
-        turns t into its time feature through it, never through a guessed time scale."""
+        ``schedule`` is the model's noise schedule (required: a backbone raises ValueError for None, never assumes a
+        default); a backbone reads t only through ``schedule.c_noise(t)``, never through a guessed time scale."""
 
     @abstractmethod
     def space_for(self, batch: Any) -> Space:
