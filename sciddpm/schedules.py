@@ -152,9 +152,11 @@ class NoiseSchedule(ABC):
         sub-VP −2.28 … 1.26, VE(0.01, 50) −1.15 … 0.98 (tests/test_network_time.py checks them).
 
         ``check=False`` skips the range/finiteness check of t (no host–device synchronisation, e.g. inside a
-        network whose inputs were checked on the device already); the caller guarantees t ∈ [t_min, t_max].
-        Returned in float64, shape of t.
+        network whose inputs were checked on the device already); the caller guarantees t ∈ [t_min, t_max]. Under
+        ``torch.compile`` the check is skipped too (its host read would split the graph); the engine's losses and
+        samplers draw or check their times themselves. Returned in float64, shape of t.
         """
+        check = check and not torch.compiler.is_compiling()
         lam = self.log_snr(t) if check else self._log_snr_unchecked(torch.as_tensor(t, dtype=_F64))
         return torch.clamp(-0.125 * lam, min=0.25 * math.log(self.C_NOISE_SIGMA_FLOOR))
 

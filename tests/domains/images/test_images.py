@@ -17,7 +17,7 @@ from sciddpm.domains.images.metrics import (DEFAULT_WEIGHTS, EvalClassifier, cla
                                             frechet_distance, load_eval_classifier, save_eval_classifier)
 from sciddpm.likelihood import dequantize
 from sciddpm.objectives import denoising_loss
-from sciddpm.schedules import LinearSchedule, VPSchedule
+from sciddpm.schedules import VPSchedule
 from sciddpm.spaces import DenseSpace
 from tests.domains.images.common import LINEAR_1000
 
@@ -220,7 +220,7 @@ def test_denoising_loss_falls_on_subset():
     x, _ = load_fashion_mnist(SUBSET, "train")
     x0 = to_model_range(x[:64])
     model = UNet(schedule=LINEAR_1000, **{**TINY, "attention_resolutions": ()})
-    schedule, space = LinearSchedule(1000), DenseSpace((16, 1, 28, 28))
+    schedule, space = LINEAR_1000, DenseSpace((16, 1, 28, 28))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(1)
     losses = []
