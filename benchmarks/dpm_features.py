@@ -157,7 +157,7 @@ def main() -> None:
     unet_cfg = net.config()
     n_params = sum(p.numel() for p in net.parameters())
     torch.manual_seed(args.seed + 1)
-    rand_net = type(net).from_config({**unet_cfg, "zero_init": False}).to(device).eval()
+    rand_net = type(net).from_config({**unet_cfg, "zero_init": False}, schedule).to(device).eval()
 
     n_blocks = decoder_block_count(net)
     blocks = ints(args.blocks) if args.blocks else list(middle_blocks(n_blocks))

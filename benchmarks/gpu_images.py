@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import write_results  # noqa: E402
 from sciddpm.domains.images.adapter import ImagesDomain  # noqa: E402
 from sciddpm.objectives import denoising_loss  # noqa: E402
+from sciddpm.schedules import schedule_from_config  # noqa: E402
 from sciddpm.spaces import DenseSpace  # noqa: E402
 from sciddpm.training import DiffusionModule, config_from_dict  # noqa: E402
 
@@ -107,7 +108,9 @@ def main() -> None:
     for precision in args.precisions.split(","):
         rows.append(train_for(precision.strip(), x_train, args, backbone))
         print(rows[-1], flush=True)
-    n_params = sum(p.numel() for p in ImagesDomain({}).build_backbone(backbone).parameters())
+    images = ImagesDomain({})
+    n_params = sum(p.numel() for p in images.build_backbone(backbone, schedule_from_config(images.default_schedule))
+                   .parameters())
     notes = (f"UNet {json.dumps(backbone)} ({n_params:,} parameters), {len(x_train)} training images on the device, "
              f"{args.warmup} warm-up steps then {'%d steps' % args.steps if args.steps else '%g s' % args.seconds} "
              f"timed per precision; bf16 = the engine's autocast around the network (weights, optimiser and loss "

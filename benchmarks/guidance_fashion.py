@@ -203,12 +203,12 @@ def main() -> None:
                 return clf(x, t)
         return noisy_classifier_loss(call, schedule, DenseSpace(x0.shape, device=device), x0, y)
 
-    unet = UNet(**unet_cfg, num_classes=NUM_CLASSES).to(device)
+    unet = UNet(**unet_cfg, num_classes=NUM_CLASSES, schedule=schedule).to(device)
     unet, unet_info = train_resident(unet, unet_loss, (x_train, y_train), lr=UNET_LR, seconds=60 * args.minutes,
                                      max_steps=max_steps, batch_size=args.batch_size, warmup=WARMUP, ema=True,
                                      ema_decay=EMA_DECAY, grad_clip=GRAD_CLIP, label="unet")
     print(f"UNet: {unet_info}", flush=True)
-    clf = NoisyClassifier(**clf_cfg).to(device)
+    clf = NoisyClassifier(**clf_cfg, schedule=schedule).to(device)
     clf, clf_info = train_resident(clf, clf_loss, (x_train, y_train), lr=CLF_LR, weight_decay=CLF_WD,
                                    seconds=60 * args.classifier_minutes, max_steps=max_steps,
                                    batch_size=args.batch_size, warmup=WARMUP, ema=False, anneal=True,

@@ -163,7 +163,7 @@ def main() -> None:
     scales = [float(v) for v in args.guidance_scales.split(",") if v.strip()] if args.guide_minutes > 0 else []
     if scales:
         torch.manual_seed(args.seed + 1)
-        guide = PropertyPredictor(n_properties=1, noise_aware=True, **size)
+        guide = PropertyPredictor(n_properties=1, noise_aware=True, schedule=model.schedule, **size)
         print(f"EEGSDE's g on D_b ({len(train_b)} molecules, noisy) for {args.guide_minutes} min", flush=True)
         guide_log = train_property_predictor(guide, loader(domain_b, train_b, 128, True, args.seed + 1),
                                              seconds=60 * args.guide_minutes, lr=5e-4, device=device,

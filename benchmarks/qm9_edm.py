@@ -149,7 +149,7 @@ def speed_rows(domain: MoleculesDomain, data: Path, device: torch.device, steps:
                          "value": r["ms_per_step"], "unit": f"ms (median of {steps})",
                          "molecules_per_s": r["molecules_per_s"],
                          "edm_reference": EDM_REFERENCE["train_step_ms_fp32_batch64"]})
-    net = domain.build_backbone({"type": "egnn_paper"}).to(device).eval()
+    net = domain.build_backbone({"type": "egnn_paper"}, schedule).to(device).eval()
     nets = {False: net}
     if compile_core:
         nets[True] = copy.deepcopy(net)

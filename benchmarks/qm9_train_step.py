@@ -140,7 +140,8 @@ def measure(domain: MoleculesDomain, batches: list[Any], device: torch.device, l
     """Median step time of one variant (fresh network, same seed), its operator counts (eager only) and, with
     ``tiny`` (a batch of two small molecules), the host-bound step time on it."""
     torch.manual_seed(0)
-    net = domain.build_backbone({"type": "egnn_paper", "factorized_edges": factorized}).to(device)
+    net = domain.build_backbone({"type": "egnn_paper", "factorized_edges": factorized},
+                                schedule_from_config(edm_config().schedule)).to(device)
     if compiled:
         net.compile_core()
     step = TrainStep(domain, net, device, bf16, from_collate)

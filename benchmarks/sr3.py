@@ -143,10 +143,10 @@ def main() -> None:
     low_cpu = low.cpu()
 
     domain = ImagesDomain({"super_resolution": args.factor})
-    net = domain.build_backbone(backbone).to(device)
+    schedule = LinearSchedule(1000)
+    net = domain.build_backbone(backbone, schedule).to(device)
     ema = copy.deepcopy(net).requires_grad_(False).eval()
     n_params = sum(p.numel() for p in net.parameters())
-    schedule = LinearSchedule(1000)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"SR3 x{args.factor}: {len(x_train)} train images, UNet {n_params:,} params on {dev_name}", flush=True)
 

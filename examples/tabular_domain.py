@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from sciddpm.domain import Domain, constructor_keys
+from sciddpm.network_time import require_schedule
 from sciddpm.oracle import sliced_wasserstein2
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
@@ -29,18 +30,20 @@ DEFAULT_PATH = Path(__file__).resolve().parents[1] / "tests" / "data" / "batadal
 
 
 class TimeMLP(nn.Module):
-    """ε̂(x, t) = MLP([x, sin/cos(t·ω_k)]) with geometric frequencies ω_k (Vaswani et al. 2017)."""
+    """ε̂(x, t) = MLP([x, sin/cos(250 c_noise(t)·ω_k)]) with geometric frequencies ω_k (Vaswani et al. 2017) and
+    c_noise(t) = ¼ ln(σ_t/α_t) of ``schedule`` (Karras et al. 2022): the time input is the noise level."""
 
-    def __init__(self, features: int, hidden: int = 128, layers: int = 3, t_scale: float = 1000.0, emb: int = 32):
+    def __init__(self, features: int, hidden: int = 128, layers: int = 3, emb: int = 32, *,
+                 schedule: NoiseSchedule | None = None):
         super().__init__()
-        self.t_scale, self.emb = t_scale, emb
+        self.schedule, self.emb = require_schedule(schedule, "TimeMLP"), emb
         dims = [features + emb] + [hidden] * layers
         self.body = nn.Sequential(*[m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.SiLU())])
         self.out = nn.Linear(hidden, features)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         freqs = torch.exp(-math.log(1e4) * torch.arange(self.emb // 2, device=x.device) / (self.emb // 2))
-        angle = (t.to(torch.float32) * (1000.0 / self.t_scale))[:, None] * freqs
+        angle = (250.0 * self.schedule.c_noise(t)).to(torch.float32)[:, None] * freqs
         return self.out(self.body(torch.cat([x, angle.sin().to(x.dtype), angle.cos().to(x.dtype)], dim=1)))
 
 
@@ -84,7 +87,7 @@ class TabularDomain(Domain):
         return torch.stack([item[0] for item in items])
 
     def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
-        return TimeMLP(len(self.mean), **config)
+        return TimeMLP(len(self.mean), **config, schedule=schedule)
 
     def space_for(self, batch: Tensor) -> DenseSpace:
         return DenseSpace(batch.shape, device=batch.device)

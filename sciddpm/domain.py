@@ -40,8 +40,8 @@ class Domain(ABC):
     def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
         """The network, called as ``net(x_t, t, **condition)`` with t float64 [B] in the schedule's units.
 
-        ``schedule`` is the model's noise schedule (None: ``schedule_from_config(default_schedule)``); a backbone
-        turns t into its time feature through it, never through a guessed time scale."""
+        ``schedule`` is the model's noise schedule (required: a backbone raises ValueError for None, never assumes a
+        default); a backbone reads t only through ``schedule.c_noise(t)``, never through a guessed time scale."""
 
     @abstractmethod
     def space_for(self, batch: Any) -> Space:
@@ -224,10 +224,11 @@ def get_domain(name: str) -> type[Domain]:
 
 
 def constructor_keys(cls: type, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The keyword parameters of ``cls.__init__`` minus ``exclude`` (those the domain fills itself): the
-    ``backbone:`` keys of a domain whose backbone is ``cls(**config)``."""
+    """The keyword parameters of ``cls.__init__`` minus ``exclude`` (those the domain fills itself) and minus
+    ``schedule`` (the engine passes the model's schedule): the ``backbone:`` keys of a domain whose backbone is
+    ``cls(**config, schedule=schedule)``."""
     import inspect
 
     params = inspect.signature(cls.__init__).parameters.values()
-    return tuple(p.name for p in params if p.name != "self" and p.name not in exclude
+    return tuple(p.name for p in params if p.name not in ("self", "schedule") and p.name not in exclude
                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))

@@ -136,6 +136,34 @@ class NoiseSchedule(ABC):
         t = self.time_at_log_snr(lam).clamp(self.t_min, self.t_max)
         return torch.where(pos, t, torch.full_like(t, self.t_min))
 
+    #: Floor on ς = σ/α in :meth:`c_noise`, so the network input is finite at the data end (σ = 0).
+    C_NOISE_SIGMA_FLOOR: float = 1e-5
+
+    def c_noise(self, t: TimeLike, check: bool = True) -> Tensor:
+        """The network's time input: c_noise(t) = ¼ ln max(ς(t), ς_floor) with ς = σ/α = e^{−λ/2}, i.e. −λ(t)/8.
+
+        EDM's input preconditioning c_noise = ¼ ln σ (Karras et al. 2022, Table 1), written for any α through the
+        equivalent VE noise level ς = σ/α (:meth:`varsigma`). It depends on the noise level only, so the same
+        noise level gives the same network input under every schedule (linear, cosine, polynomial, VP, sub-VP,
+        VE): a network never needs a ``time_scale`` guess and switching schedules cannot silently feed it times of
+        another scale. ς is clamped to ``C_NOISE_SIGMA_FLOOR`` = 1e-5 (c ≥ ¼ ln 1e-5 ≈ −2.88), which keeps the data
+        end (σ = 0, λ = +∞) finite. Ranges over [t_min, t_max]: linear 1000 steps −2.88 … 1.26 (−1.15 at t = 1),
+        cosine 1000 −2.88 … 2.48, polynomial_2 1000 −2.88 … 1.44, VP(0.1, 20, t_min = 1e-3) −1.14 … 1.26,
+        sub-VP −2.28 … 1.26, VE(0.01, 50) −1.15 … 0.98 (tests/test_network_time.py checks them).
+
+        ``check=False`` skips the range/finiteness check of t (no host–device synchronisation, e.g. inside a
+        network whose inputs were checked on the device already); the caller guarantees t ∈ [t_min, t_max]. Under
+        ``torch.compile`` the check is skipped too (its host read would split the graph); the engine's losses and
+        samplers draw or check their times themselves. Returned in float64, shape of t.
+        """
+        check = check and not torch.compiler.is_compiling()
+        lam = self.log_snr(t) if check else self._log_snr_unchecked(torch.as_tensor(t, dtype=_F64))
+        return torch.clamp(-0.125 * lam, min=0.25 * math.log(self.C_NOISE_SIGMA_FLOOR))
+
+    def _log_snr_unchecked(self, t: Tensor) -> Tensor:
+        """λ(t) for a float64 t already known to lie in [t_min, t_max]; schedules override it to skip the check."""
+        return self.log_snr(t)
+
     def _check_order(self, s: Tensor, t: Tensor) -> None:
         if (s > t).any():
             raise ValueError("skip coefficients need s <= t (s is the less noisy time)")
@@ -219,10 +247,11 @@ class DiscreteSchedule(NoiseSchedule):
         n = torch.arange(1, self.num_steps + 1, dtype=_F64)
         return self.posterior_variance(n - 1, n)
 
-    def _interp_log_abar(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def _interp_log_abar(self, t: Tensor, check: bool = True) -> tuple[Tensor, Tensor]:
         """log ᾱ(t) (linear between integers) and the index n of the interval (n−1, n] containing t."""
         t = _as_time(t, check_finite=False)
-        self.check_time(t)  # also rejects NaN/inf
+        if check:
+            self.check_time(t)  # also rejects NaN/inf
         tc = t.clamp(0.0, self.t_max)
         upper = torch.ceil(tc).clamp(min=1).long()
         frac = tc - (upper - 1).to(_F64)
@@ -235,7 +264,13 @@ class DiscreteSchedule(NoiseSchedule):
         return 0.5 * self._interp_log_abar(t)[0]
 
     def log_snr(self, t: TimeLike) -> Tensor:
-        la = self._interp_log_abar(t)[0]
+        return self._log_snr_from(self._interp_log_abar(t)[0])
+
+    def _log_snr_unchecked(self, t: Tensor) -> Tensor:
+        return self._log_snr_from(self._interp_log_abar(t, check=False)[0])
+
+    @staticmethod
+    def _log_snr_from(la: Tensor) -> Tensor:
         # λ = log ᾱ − log(1 − ᾱ) = la − log(−expm1(la)); +inf at t = 0.
         return la - torch.log(-torch.expm1(la))
 
@@ -355,7 +390,9 @@ class VPSchedule(NoiseSchedule):
         return -torch.expm1(-self._integral(t))
 
     def log_snr(self, t: TimeLike) -> Tensor:
-        t = _as_time(t)
+        return self._log_snr_unchecked(_as_time(t))
+
+    def _log_snr_unchecked(self, t: Tensor) -> Tensor:
         return -self._integral(t) - torch.log(self._var(t))
 
     def time_at_log_snr(self, lam: TimeLike) -> Tensor:
@@ -418,7 +455,10 @@ class VESchedule(NoiseSchedule):
         return torch.zeros_like(_as_time(t))
 
     def log_snr(self, t: TimeLike) -> Tensor:
-        return -2.0 * (math.log(self.sigma_min) + _as_time(t) * self._log_ratio)
+        return self._log_snr_unchecked(_as_time(t))
+
+    def _log_snr_unchecked(self, t: Tensor) -> Tensor:
+        return -2.0 * (math.log(self.sigma_min) + t * self._log_ratio)
 
     def time_at_log_snr(self, lam: TimeLike) -> Tensor:
         lam = torch.as_tensor(lam, dtype=_F64)
@@ -455,3 +495,4 @@ def schedule_from_config(config: dict) -> NoiseSchedule:
         return _SCHEDULES[kind](**config)
     except TypeError as exc:
         raise ValueError(f"bad schedule config for {kind!r}: {exc}") from None
+

@@ -25,6 +25,7 @@ from sciddpm.schedules import DiscreteSchedule, LinearSchedule, VPSchedule
 from sciddpm.spaces import DenseSpace
 from sciddpm.variances import (analytic_variance, covariance_head_loss, diagonal_optimal_variance,
                                diagonal_variance_fn, fit_covariance_head)
+from tests.domains.images.common import LINEAR_1000
 
 F64 = torch.float64
 SUBSET = Path(__file__).resolve().parent / "data" / "fashion_mnist_subset"
@@ -207,7 +208,7 @@ def test_sn_ddim_variance_averages_to_analytic_ddim():
 # ==================================================================================================
 def _unet() -> UNet:
     torch.manual_seed(0)
-    return UNet(zero_init=False, **TINY)
+    return UNet(schedule=LINEAR_1000, zero_init=False, **TINY)
 
 
 def test_image_head_shapes_nonnegativity_and_frozen_trunk():

@@ -18,7 +18,8 @@ from sciddpm.domains.molecules.backbone import EGNNDynamics, edm_qm9_egnn
 from sciddpm.domains.molecules.e3nn_backbone import E3NNDynamics
 from sciddpm.export import load
 from sciddpm.training import config_from_dict, fit
-from tests.domains.molecules.test_backbones import SUBSET, _apply, _orthogonal, noisy_input
+from tests.domains.images.common import LINEAR_1000
+from tests.domains.molecules.test_backbones import SCHEDULE, SUBSET, _apply, _orthogonal, noisy_input
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -28,16 +29,16 @@ TINY_UNET = {"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, 
              "dropout": 0.0, "norm_groups": 8}
 
 MOLECULE_NETS = {  # keywords (e.g. check_inputs=False) go to the network's constructor
-    "egnn": lambda **kw: EGNNDynamics(in_node_nf=6, hidden_nf=32, n_layers=3, time_scale=1000, **kw),
-    "egnn_paper": lambda **kw: edm_qm9_egnn(**kw),
+    "egnn": lambda **kw: EGNNDynamics(in_node_nf=6, hidden_nf=32, n_layers=3, schedule=SCHEDULE, **kw),
+    "egnn_paper": lambda **kw: edm_qm9_egnn(SCHEDULE, **kw),
     "e3nn": lambda **kw: E3NNDynamics(in_node_nf=6, irreps_hidden="16x0e + 4x1o + 4x1e", n_layers=3, num_basis=8,
-                                      radial_neurons=32, time_scale=1000, **kw),
+                                      radial_neurons=32, schedule=SCHEDULE, **kw),
 }
 IMAGE_NETS = {
-    "unet": lambda: UNet(**TINY_UNET, zero_init=False),
-    "unet_class": lambda: UNet(**TINY_UNET, num_classes=10, zero_init=False),
-    "unet_sr3": lambda: UNet(**TINY_UNET, cond_channels=1, zero_init=False),
-    "unet_heads": lambda: UNet(**TINY_UNET, out_channels=2, zero_init=False),
+    "unet": lambda: UNet(schedule=LINEAR_1000, **TINY_UNET, zero_init=False),
+    "unet_class": lambda: UNet(schedule=LINEAR_1000, **TINY_UNET, num_classes=10, zero_init=False),
+    "unet_sr3": lambda: UNet(schedule=LINEAR_1000, **TINY_UNET, cond_channels=1, zero_init=False),
+    "unet_heads": lambda: UNet(schedule=LINEAR_1000, **TINY_UNET, out_channels=2, zero_init=False),
 }
 
 

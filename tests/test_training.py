@@ -176,11 +176,12 @@ def test_compile_network_compiles_a_backbone_without_core_whole():
     from torch._dynamo.testing import CompileCounter
 
     from examples.tabular_domain import TimeMLP
+    from sciddpm.schedules import LinearSchedule
     from sciddpm.training import compile_network
 
     torch.manual_seed(0)
-    eager = TimeMLP(features=2, hidden=16)
-    compiled = TimeMLP(features=2, hidden=16)
+    eager = TimeMLP(features=2, hidden=16, schedule=LinearSchedule(1000))
+    compiled = TimeMLP(features=2, hidden=16, schedule=LinearSchedule(1000))
     compiled.load_state_dict(eager.state_dict())
     counter = CompileCounter()
     torch._dynamo.reset()

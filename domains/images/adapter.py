@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from sciddpm.domain import Domain, constructor_keys, register_domain
+from sciddpm.network_time import refuse_raw_time_config, require_schedule
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
 
@@ -105,12 +106,14 @@ class ImagesDomain(Domain):
 
     # -- model ------------------------------------------------------------------------------------
     def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
+        """The UNet of ``config`` (over ``SMALL_UNET``) reading t through ``schedule.c_noise`` (required)."""
+        refuse_raw_time_config(config, "images backbone")
         cfg = {**SMALL_UNET, **config}
         if self.conditional:
             cfg["num_classes"] = NUM_CLASSES
         if self.sr_factor:
             cfg["cond_channels"] = cfg.get("in_channels", 1)
-        return UNet(**cfg)
+        return UNet(**cfg, schedule=require_schedule(schedule, "ImagesDomain.build_backbone"))
 
     def space_for(self, batch: Any) -> DenseSpace:
         """The images' space carrying their labels (``y``, class-conditional) and LR inputs (``cond_image``, SR3:

@@ -6,7 +6,9 @@ as (1 + s)·GN(h) + b so that a zero-initialised projection starts at the identi
 resolutions, dropout, an optional class embedding with an extra learned **null token** (index
 ``num_classes``) for classifier-free guidance (Ho & Salimans 2022), and an optional low-resolution
 conditioning image (SR3, Saharia et al. 2022) upsampled bicubically to the input size and concatenated on
-channels. Time t (in the schedule's units, e.g. 0..N) is normalised inside by ``time_scale``.
+channels. Time t is given in the schedule's units (e.g. 0..N); the network reads it only through the noise level,
+as sinusoids of ``C_NOISE_EMBED_SCALE`` · ``schedule.c_noise(t)`` (EDM's c_noise = ¼ ln(σ/α), Karras et al. 2022),
+so the same weights see the same input for the same noise level under any schedule.
 """
 from __future__ import annotations
 
@@ -17,6 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sciddpm.network_time import refuse_raw_time_config, require_schedule
+from sciddpm.schedules import NoiseSchedule
+
+#: Sinusoids embed C_NOISE_EMBED_SCALE · c_noise(t). c_noise = −λ/8 spans about −2.9 … 1.3 (linear, 1000 steps)
+#: to −2.9 … 2.5 (cosine), so the embedded argument covers an interval about 1000–1300 wide, as ADM's raw steps
+#: 0..1000 did (Dhariwal & Nichol 2021): the same sinusoid frequencies resolve neighbouring noise levels.
+C_NOISE_EMBED_SCALE = 250.0
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Sinusoidal embedding (Vaswani et al. 2017; Ho et al. 2020): [cos(t ω_k), sin(t ω_k)], ω_k = P^{−k/(dim/2)}."""
@@ -25,6 +35,13 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(emb, (0, dim % 2))
+
+
+def noise_level_embedding(schedule: NoiseSchedule, t: Tensor | float, batch: int, device: torch.device,
+                          dim: int) -> Tensor:
+    """sinusoid(C_NOISE_EMBED_SCALE · c_noise(t)) [batch, dim], c_noise = ¼ ln(σ_t/α_t) (Karras et al. 2022, Tab. 1)."""
+    t = torch.as_tensor(t, device=device).reshape(-1).to(torch.float64).expand(batch)
+    return timestep_embedding((C_NOISE_EMBED_SCALE * schedule.c_noise(t)).float(), dim)
 
 
 def _norm(ch: int, groups: int) -> nn.GroupNorm:
@@ -116,28 +133,29 @@ class UNet(nn.Module):
         num_classes: enables a class embedding with ``num_classes + 1`` rows; index ``num_classes`` (and
             ``y=None``) is the learned null token for classifier-free guidance.
         cond_channels: channels of an optional low-resolution conditioning image (SR3); 0 disables it.
-        time_scale: t is embedded as sinusoids of 1000·t/time_scale (use N for a discrete schedule).
+        schedule: the model's noise schedule (required, keyword-only); t in its units enters only as
+            sinusoids of ``C_NOISE_EMBED_SCALE`` · ``schedule.c_noise(t)``. Stored as a plain attribute (not in
+            ``config()`` nor the state dict): ``UNet.from_config(config, schedule)``.
         zero_init: zero-initialise residual output convs and the final conv (ADM); off only for tests.
     """
 
     def __init__(self, in_channels: int = 1, model_channels: int = 64, out_channels: int | None = None,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attention_resolutions: Sequence[int] = (14,), image_size: int = 28, dropout: float = 0.1,
-                 num_classes: int | None = None, cond_channels: int = 0, time_scale: float = 1000.0,
-                 head_channels: int = 32, norm_groups: int = 32, zero_init: bool = True) -> None:
+                 num_classes: int | None = None, cond_channels: int = 0,
+                 head_channels: int = 32, norm_groups: int = 32, zero_init: bool = True, *,
+                 schedule: NoiseSchedule | None = None) -> None:
         super().__init__()
-        if time_scale <= 0:
-            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        self.schedule = require_schedule(schedule, type(self).__name__)
         self._config: dict[str, Any] = dict(
             in_channels=in_channels, model_channels=model_channels,
             out_channels=out_channels if out_channels is not None else in_channels,
             channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
             attention_resolutions=list(attention_resolutions), image_size=image_size, dropout=dropout,
-            num_classes=num_classes, cond_channels=cond_channels, time_scale=time_scale,
+            num_classes=num_classes, cond_channels=cond_channels,
             head_channels=head_channels, norm_groups=norm_groups, zero_init=zero_init)
         self.in_channels, self.out_channels = in_channels, self._config["out_channels"]
         self.model_channels, self.num_classes, self.cond_channels = model_channels, num_classes, cond_channels
-        self.time_scale = float(time_scale)
         emb_dim, g = 4 * model_channels, norm_groups
 
         def res(ci: int, co: int) -> ResBlock:
@@ -182,17 +200,18 @@ class UNet(nn.Module):
                                  _zero(nn.Conv2d(ch, self.out_channels, 3, padding=1), zero_init))
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-serialisable); ``UNet.from_config(m.config())`` rebuilds the network."""
+        """Constructor arguments (JSON-serialisable); ``UNet.from_config(m.config(), schedule)`` rebuilds it."""
         return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self._config.items()}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "UNet":
-        return cls(**config)
+    def from_config(cls, config: dict[str, Any], schedule: NoiseSchedule) -> "UNet":
+        """Rebuild from ``config()`` for the given schedule (a v1 config's ``time_scale`` is rejected)."""
+        refuse_raw_time_config(config, cls.__name__)
+        return cls(**config, schedule=schedule)
 
     def embed(self, t: Tensor, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        """e = MLP(sinusoid(1000 t / time_scale)) [+ class embedding of y, null token when y is None]."""
-        t = torch.as_tensor(t, device=device).reshape(-1).to(torch.float64).expand(batch)
-        emb = self.time_mlp(timestep_embedding((t * (1000.0 / self.time_scale)).float(), self.model_channels))
+        """e = MLP(sinusoid(C · c_noise(t))) [+ class embedding of y, null token when y is None]."""
+        emb = self.time_mlp(noise_level_embedding(self.schedule, t, batch, device, self.model_channels))
         if self.class_emb is not None:
             if y is None:
                 y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)

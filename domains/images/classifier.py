@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import AttentionBlock, Block, Downsample, ResBlock, _norm, timestep_embedding
+from sciddpm.network_time import refuse_raw_time_config, require_schedule
+from sciddpm.schedules import NoiseSchedule
+
+from .backbone import AttentionBlock, Block, Downsample, ResBlock, _norm, noise_level_embedding
 
 POOLS = ("attention", "avg")
 
@@ -47,8 +50,8 @@ class NoisyClassifier(nn.Module):
     """ADM's encoder-half classifier: ``forward(x_t [B,C,H,W], t [B]) -> logits [B, num_classes]``.
 
     Args mirror :class:`~.backbone.UNet`: ``model_channels``, ``channel_mult``, ``num_res_blocks``,
-    ``attention_resolutions`` (spatial sizes with self-attention), ``image_size``, ``dropout``, ``time_scale``
-    (t is embedded as sinusoids of 1000·t/time_scale; t is the discrete time 0..N of the schedule),
+    ``attention_resolutions`` (spatial sizes with self-attention), ``image_size``, ``dropout``, ``schedule``
+    (required, keyword-only: t in the schedule's units is embedded as sinusoids of C · ``schedule.c_noise(t)``),
     ``head_channels``, ``norm_groups``, ``zero_init`` (ADM's zero-initialised residual output convs, so every block
     starts as the identity and t enters only after training; off only for tests); plus ``num_classes`` and
     ``pool`` ("attention" or "avg").
@@ -56,22 +59,21 @@ class NoisyClassifier(nn.Module):
 
     def __init__(self, in_channels: int = 1, model_channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2),
                  num_res_blocks: int = 2, attention_resolutions: Sequence[int] = (14,), image_size: int = 28,
-                 dropout: float = 0.0, num_classes: int = 10, time_scale: float = 1000.0, head_channels: int = 32,
-                 norm_groups: int = 32, pool: str = "attention", zero_init: bool = True) -> None:
+                 dropout: float = 0.0, num_classes: int = 10, head_channels: int = 32,
+                 norm_groups: int = 32, pool: str = "attention", zero_init: bool = True, *,
+                 schedule: NoiseSchedule | None = None) -> None:
         super().__init__()
+        self.schedule = require_schedule(schedule, type(self).__name__)
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        if time_scale <= 0:
-            raise ValueError(f"time_scale must be > 0, got {time_scale}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self._config: dict[str, Any] = dict(
             in_channels=in_channels, model_channels=model_channels, channel_mult=list(channel_mult),
             num_res_blocks=num_res_blocks, attention_resolutions=list(attention_resolutions), image_size=image_size,
-            dropout=dropout, num_classes=num_classes, time_scale=time_scale, head_channels=head_channels,
+            dropout=dropout, num_classes=num_classes, head_channels=head_channels,
             norm_groups=norm_groups, pool=pool, zero_init=zero_init)
         self.in_channels, self.model_channels, self.num_classes = in_channels, model_channels, num_classes
-        self.time_scale = float(time_scale)
         emb_dim, g = 4 * model_channels, norm_groups
         self.time_mlp = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         ch, res_size = model_channels, image_size
@@ -95,17 +97,18 @@ class NoisyClassifier(nn.Module):
         self.feature_size = res_size
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-serialisable); ``NoisyClassifier.from_config(m.config())`` rebuilds it."""
+        """Constructor arguments (JSON); ``NoisyClassifier.from_config(m.config(), schedule)`` rebuilds it."""
         return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self._config.items()}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "NoisyClassifier":
-        return cls(**config)
+    def from_config(cls, config: dict[str, Any], schedule: NoiseSchedule) -> "NoisyClassifier":
+        """Rebuild from ``config()`` for the given schedule (a v1 config's ``time_scale`` is rejected)."""
+        refuse_raw_time_config(config, cls.__name__)
+        return cls(**config, schedule=schedule)
 
     def embed(self, t: Tensor, batch: int, device: torch.device) -> Tensor:
-        """e = MLP(sinusoid(1000 t / time_scale)), the time embedding of the UNet (no class embedding)."""
-        t = torch.as_tensor(t, device=device).reshape(-1).to(torch.float64).expand(batch)
-        sinusoid = timestep_embedding((t * (1000.0 / self.time_scale)).float(), self.model_channels)
+        """e = MLP(sinusoid(C · c_noise(t))), the time embedding of the UNet (no class embedding)."""
+        sinusoid = noise_level_embedding(self.schedule, t, batch, device, self.model_channels)
         return self.time_mlp(sinusoid.to(self.time_mlp[0].weight.dtype))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

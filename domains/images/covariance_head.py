@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sciddpm.domains.images.backbone import UNet
+from sciddpm.network_time import check_network_schedule
 from sciddpm.objectives import eps_predictor
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
@@ -146,6 +147,7 @@ def train_image_covariance_head(model_net: UNet, schedule: NoiseSchedule, x_trai
         raise ValueError(f"x_train must be [N, {model_net.in_channels}, H, W] with N ≥ 1, got {tuple(x_train.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_network_schedule(model_net, schedule, "train_image_covariance_head")
     device = torch.device(device)
     model_net.to(device)
     x_train = x_train.to(device=device, dtype=torch.float32)

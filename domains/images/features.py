@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sciddpm.network_time import check_network_schedule
 from sciddpm.objectives import forward_noise
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
@@ -65,6 +66,7 @@ def _check_inputs(net: nn.Module, schedule: NoiseSchedule, x0: Tensor, times: Se
     times = [float(t) for t in times]
     if not times:
         raise ValueError("times must hold at least one diffusion time")
+    check_network_schedule(net, schedule, "extract_features")
     lo, hi = schedule.t_min, schedule.t_max
     bad_t = [t for t in times if not lo <= t <= hi]
     if bad_t:

@@ -6,10 +6,10 @@ The denoiser sees the LR image upsampled bicubically to the HR size and concaten
 
     ε̂ = f_θ(cat(y_t, up(x)), t),   L = E_{t, ε} ‖ε − f_θ(cat(√ᾱ_t y₀ + √(1 − ᾱ_t) ε, up(x)), t)‖²
 
-(SR3 §2, eq. 6; here with the project's discrete linear schedule and t ∈ {1..N} embedded as in DDPM rather than
-SR3's continuous noise-level embedding). The concatenation is done inside the UNet (``cond_channels``, see
-:mod:`sciddpm.domains.images.backbone`); this module supplies the degradation, the baselines, the conditioning
-dict for the core's ``eps_predictor`` and a sampling entry point on the core samplers.
+(SR3 §2, eq. 6; here with the project's discrete linear schedule; t enters the UNet through its noise level
+c_noise(t) = ¼ ln(σ_t/α_t), in the spirit of SR3's noise-level conditioning). The concatenation is done inside the
+UNet (``cond_channels``, see :mod:`sciddpm.domains.images.backbone`); this module supplies the degradation, the
+baselines, the conditioning dict for the core's ``eps_predictor`` and a sampling entry point on the core samplers.
 
 Degradation (this project's convention): x = clamp(bicubic_AA(y, 28 → 28/f), −1, 1), i.e.
 ``torch.nn.functional.interpolate(mode="bicubic", antialias=True, align_corners=False)`` (a Keys a = −0.5 kernel
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from sciddpm.objectives import eps_predictor
 from sciddpm.samplers import SamplerOutput, get_sampler, prior_sample, time_grid
+from sciddpm.network_time import check_network_schedule
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
 
@@ -103,6 +104,7 @@ def super_resolve(net: Any, schedule: NoiseSchedule, low_res: Tensor, *, sampler
     ``SamplerOutput`` (sample not clamped; metrics clamp and round to 8 bit) with its number of network calls.
     """
     _check_images(low_res, "low_res")
+    check_network_schedule(net, schedule, "super_resolve")
     factor = _check_factor(factor)
     if sampler not in SR_SAMPLERS:
         raise ValueError(f"unknown SR3 sampler {sampler!r}; expected one of {SR_SAMPLERS}")

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sciddpm.domain import Domain, constructor_keys, register_domain
+from sciddpm.network_time import refuse_raw_time_config, require_schedule
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import GraphSpace, ProductSpace, ZeroCoMSpace
 
@@ -132,6 +133,11 @@ class MoleculeNet(nn.Module):
         return self.dynamics(x_t, t, batch=batch.to(x_t.device), num_graphs=num_graphs, edge_index=edge_index,
                              context=context)
 
+    @property
+    def schedule(self) -> NoiseSchedule | None:
+        """The schedule whose noise level the wrapped network reads (``network_time.check_network_schedule``)."""
+        return self.dynamics.schedule
+
     def compile_core(self, **options: Any) -> None:
         """Compile the backbone's tensor-only core (``forward_core`` of the EGNN or the e3nn network, dynamic
         shapes); the input checks stay eager."""
@@ -201,6 +207,9 @@ class MoleculesDomain(Domain):
 
     # ---------------------------------------------------------------------------------------- model
     def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
+        """The ``type`` (egnn, egnn_paper, e3nn) network of ``config``, reading t through ``schedule`` (required)."""
+        refuse_raw_time_config(config, "molecules backbone")
+        schedule = require_schedule(schedule, "MoleculesDomain.build_backbone")
         config = dict(config)
         kind = config.pop("type", "egnn")
         if kind == "egnn_paper":
@@ -210,11 +219,11 @@ class MoleculesDomain(Domain):
             raise ValueError(f"backbone context_nf is {config['context_nf']} but data.conditioning names "
                              f"{len(self.properties)} properties")
         if kind == "egnn":
-            net: nn.Module = EGNNDynamics(in_node_nf=N_FEATURES, **{**SMALL_EGNN, **config})
+            net: nn.Module = EGNNDynamics(in_node_nf=N_FEATURES, **{**SMALL_EGNN, **config}, schedule=schedule)
         elif kind == "e3nn":
             from .e3nn_backbone import E3NNDynamics
 
-            net = E3NNDynamics(in_node_nf=N_FEATURES, **config)
+            net = E3NNDynamics(in_node_nf=N_FEATURES, **config, schedule=schedule)
         else:
             raise ValueError(f"unknown molecules backbone type {kind!r}; expected 'egnn', 'egnn_paper' or 'e3nn'")
         return MoleculeNet(net)

@@ -2,14 +2,15 @@
 
 State convention (shared with :mod:`.e3nn_backbone`): a flat node tensor ``x_t`` [n_nodes, 3 + F] holding
 positions (zero centre of mass per molecule) ⊕ scaled atom features (EDM: one-hot × 0.25, charge × 0.1),
-a PyG ``batch`` index [n_nodes] and a time ``t`` [B] in the schedule's units (normalised inside by
-``time_scale``). The network is called ``net(x_t, t, batch=batch, context=None, num_graphs=None,
-edge_index=None)`` and returns an ε-prediction of the same shape whose position part is zero-CoM per molecule
-and E(3)-equivariant, and whose feature part is E(3)-invariant.
+a PyG ``batch`` index [n_nodes] and a time ``t`` [B] in the units of the network's ``schedule``, which the
+network reads only as the noise-level feature τ(t) of :func:`time_feature`. The network is called
+``net(x_t, t, batch=batch, context=None, num_graphs=None, edge_index=None)`` and returns an ε-prediction of the
+same shape whose position part is zero-CoM per molecule and E(3)-equivariant, and whose feature part is
+E(3)-invariant.
 
 Architecture (Satorras et al., ICML 2021; as configured by Hoogeboom et al., ICML 2022, ``egnn_new.py``):
 
-    h⁰ = W_in [h, t/T, c],   e⁰_ij = ‖x_i − x_j‖² (at the network input)
+    h⁰ = W_in [h, τ(t), c],   e⁰_ij = ‖x_i − x_j‖² (at the network input)
     for each block b:   e_ij = [‖x_i − x_j‖², e⁰_ij]   (x at the block input)
         repeat inv_sublayers times (GCL):
             m_ij = φ_e(h_i, h_j, e_ij),   m_ij ← m_ij · σ(w·m_ij)              (attention gate)
@@ -17,20 +18,27 @@ Architecture (Satorras et al., ICML 2021; as configured by Hoogeboom et al., ICM
         x_i ← x_i + Σ_{j≠i} (x_i − x_j)/(‖x_i − x_j‖ + c_norm) · tanh(φ_x(h_i, h_j, e_ij)) · r / Z
     ε_x = x_final − x − mean,   ε_h = (W_out h)[:, :F]
 
-with r = coords_range / n_layers per block, Z = normalization_factor and messages over all ordered atom
-pairs within each molecule (fully connected, no self loops). The first layer of φ_e and φ_x is evaluated per
-atom, not per pair (:func:`pair_linear`): the same function with about 17× fewer multiply-adds on QM9.
+with τ(t) the noise-level time feature (:func:`time_feature`, where EDM feeds t/T), r = coords_range / n_layers
+per block, Z = normalization_factor and messages over all ordered atom pairs within each molecule (fully
+connected, no self loops). The first layer of φ_e and φ_x is evaluated per atom, not per pair
+(:func:`pair_linear`): the same function with about 17× fewer multiply-adds on QM9.
 """
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sciddpm.network_time import refuse_raw_time_config, require_schedule
+from sciddpm.schedules import NoiseSchedule
+
 N_DIMS = 3
+#: τ = (c_noise − lo)/(hi − lo) maps ς = σ/α ∈ [1e-5, 1e5] (c_noise = ¼ ln ς ∈ [¼ ln 1e-5, ¼ ln 1e5]) onto [0, 1].
+TIME_FEATURE_RANGE: tuple[float, float] = (0.25 * math.log(1e-5), 0.25 * math.log(1e5))
 
 
 # ==================================================================================================
@@ -63,6 +71,25 @@ def fully_connected_edges(batch: Tensor, num_graphs: int) -> tuple[Tensor, Tenso
     return order[start[graph] + i], order[start[graph] + j]
 
 
+def time_feature(schedule: NoiseSchedule, t: Tensor, check: bool = True) -> Tensor:
+    """The molecule networks' scalar time feature, float64 like t:
+
+        τ(t) = (c_noise(t) − ¼ ln 1e-5) / (¼ ln 1e5 − ¼ ln 1e-5) = (ln max(ς_t, 1e-5) + ln 1e5) / (2 ln 1e5),
+
+    with c_noise(t) = ¼ ln max(ς_t, 1e-5), ς = σ/α (:meth:`NoiseSchedule.c_noise`, EDM's c_noise of Karras et al.
+    2022). EDM's EGNN concatenates t/T ∈ [0, 1] to every atom's features (Hoogeboom et al. 2022); we keep that
+    architecture (one scalar near [0, 1] per atom) but make it a *fixed* affine map of c_noise rather than t/T or
+    c_noise rescaled to each schedule's own range: both of those depend on the schedule (the same noise level
+    would enter a network differently under two schedules), while τ depends on the noise level alone, so a network
+    sees the same input for the same ς under every schedule. The fixed range ς ∈ [1e-5, 1e5] ↦ [0, 1] starts at
+    c_noise's floor (the data end, τ = 0) and is symmetric in ln ς (SNR 1 ↦ ½); it covers every schedule here:
+    EDM's polynomial_2 of 1000 steps gives τ = 0.25 at t = 1 and 0.75 at t = 1000, linear 0.30 … 0.72, cosine
+    0.28 … 0.93, VP 0.30 … 0.72, VE(0.01, 50) 0.30 … 0.67. ``check=False``: see ``c_noise`` (no device wait).
+    """
+    lo, hi = TIME_FEATURE_RANGE
+    return (schedule.c_noise(t, check=check) - lo) / (hi - lo)
+
+
 def remove_mean(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     """x − (per-molecule mean of x) on every node (EDM's ``remove_mean``)."""
     sums = torch.zeros((num_graphs, x.shape[-1]), dtype=x.dtype, device=x.device).index_add_(0, batch, x)
@@ -72,12 +99,13 @@ def remove_mean(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
 
 def check_inputs(x: Tensor, t: Tensor | float, batch: Tensor | None, in_node_nf: int, context_nf: int,
                  context: Tensor | None, num_graphs: int | None, check_finite: bool = True,
-                 edge_index: Tensor | None = None) -> tuple[Tensor, int]:
+                 edge_index: Tensor | None = None, schedule: NoiseSchedule | None = None) -> tuple[Tensor, int]:
     """Validate a network call; return (t as float64 [B], B). Raises ValueError naming the bad input.
 
-    Shapes are checked on the host. The value checks (finite x_t and t, batch index in [0, B), ``edge_index``
-    pairs inside one molecule and no self pairs) are reduced on the device to one flag, so a GPU call waits
-    once, and only when that flag fails are they redone one by one for the message.
+    Shapes are checked on the host. The value checks (finite x_t and t, t in [t_min, t_max] of ``schedule`` if
+    given, batch index in [0, B), ``edge_index`` pairs inside one molecule and no self pairs) are reduced on the
+    device to one flag, so a GPU call waits once, and only when that flag fails are they redone one by one for
+    the message.
     """
     if batch is None:
         raise ValueError("the molecule network needs the PyG batch index: call net(x_t, t, batch=batch)")
@@ -106,18 +134,22 @@ def check_inputs(x: Tensor, t: Tensor | float, batch: Tensor | None, in_node_nf:
     elif context is not None:
         raise ValueError("context given but the network was built with context_nf=0")
     if check_finite:
-        checks = _value_checks(x, t, batch, num_graphs, edge_index)
+        checks = _value_checks(x, t, batch, num_graphs, edge_index, schedule)
         if not bool(torch.stack([ok for ok, _ in checks]).all()):
             raise ValueError(next(message for ok, message in checks if not bool(ok)))
     return t, num_graphs
 
 
-def _value_checks(x: Tensor, t: Tensor, batch: Tensor, num_graphs: int,
-                  edge_index: Tensor | None) -> list[tuple[Tensor, str]]:
+def _value_checks(x: Tensor, t: Tensor, batch: Tensor, num_graphs: int, edge_index: Tensor | None,
+                  schedule: NoiseSchedule | None = None) -> list[tuple[Tensor, str]]:
     """(device flag, message) pairs for :func:`check_inputs`; nothing here waits for the device."""
     checks = [(torch.isfinite(x[:, :N_DIMS]).all(), "x_t positions contain NaN or inf"),
               (torch.isfinite(x[:, N_DIMS:]).all(), "x_t node features contain NaN or inf"),
               (torch.isfinite(t).all(), "t contains NaN or inf")]
+    if schedule is not None:
+        lo, hi = schedule.t_min, schedule.t_max
+        tol = 1e-9 * max(1.0, abs(hi))
+        checks.append((((t >= lo - tol) & (t <= hi + tol)).all(), f"t must lie in the schedule's range [{lo}, {hi}]"))
     if batch.numel():
         checks.append((((batch >= 0) & (batch < num_graphs)).all(),
                        f"batch index values must lie in [0, {num_graphs})"))
@@ -145,9 +177,11 @@ class _Configurable(nn.Module):
         return dict(self._config)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]):
-        """Rebuild a network from :meth:`config`'s dict."""
-        return cls(**config)
+    def from_config(cls, config: dict[str, Any], schedule: NoiseSchedule | None):
+        """Rebuild a network from :meth:`config`'s dict for ``schedule`` (a v1 config naming ``time_scale`` or
+        ``sin_embedding`` is refused: its weights read raw t)."""
+        refuse_raw_time_config(config, cls.__name__)
+        return cls(**config, schedule=schedule)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         """Number of (trainable) parameters."""
@@ -156,20 +190,27 @@ class _Configurable(nn.Module):
 
 class _CheckedCore(_Configurable):
     """A molecule network split in two: ``forward`` checks the call on the host (:func:`check_inputs`, one device
-    wait) and builds the atom pairs, then runs the tensor-only ``forward_core(x_t, t, batch, receiver, sender,
-    context, n_graphs)``, which :meth:`compile_core` can hand to ``torch.compile`` whole (no host waits inside)."""
+    wait), turns t into the time feature τ(t) (:meth:`time_input`) and builds the atom pairs, then runs the
+    tensor-only ``forward_core(x_t, tau, batch, receiver, sender, context, n_graphs)``, which :meth:`compile_core`
+    can hand to ``torch.compile`` whole (no host waits inside)."""
 
     _core: Any = None  # set by compile_core: the compiled type(self).forward_core
+    #: The schedule whose noise level the network reads (None only for a network without a time input).
+    schedule: NoiseSchedule | None = None
+
+    def time_input(self, t: Tensor) -> Tensor | None:
+        """τ(t) = :func:`time_feature` (float64 [B]) for a checked t; None if the network has no time input."""
+        return None if self.schedule is None else time_feature(self.schedule, t, check=False)
 
     def _checked_call(self, x_t: Tensor, t: Tensor | float, batch: Tensor | None, context: Tensor | None,
                       num_graphs: int | None, edge_index: Tensor | None) -> Tensor:
-        """Check the inputs, build the pairs when ``edge_index`` is None, run the (compiled) core."""
+        """Check the inputs, build the pairs when ``edge_index`` is None, run the (compiled) core on τ(t)."""
         t, n_graphs = check_inputs(x_t, t, batch, self.in_node_nf, self.context_nf, context, num_graphs, self.check,
-                                   edge_index)
+                                   edge_index, self.schedule)
         receiver, sender = (fully_connected_edges(batch, n_graphs) if edge_index is None
                             else (edge_index[0], edge_index[1]))
         core = self._core if self._core is not None else type(self).forward_core
-        return core(self, x_t, t, batch, receiver, sender, context, n_graphs)
+        return core(self, x_t, self.time_input(t), batch, receiver, sender, context, n_graphs)
 
     def compile_core(self, **options: Any) -> None:
         """Run ``forward_core`` through ``torch.compile(dynamic=True, **options)`` from now on.
@@ -298,31 +339,29 @@ class EGNNDynamics(_CheckedCore):
     ``net(x_t [n, 3+F], t [B], batch=[n], context=[B, context_nf] | None, num_graphs=None, edge_index=None)
     -> ε̂ [n, 3+F]``.
     EDM's QM9 model: ``EGNNDynamics(6, hidden_nf=256, n_layers=9, attention=True, tanh=True, coords_range=15,
-    norm_constant=1, inv_sublayers=1, normalization_factor=1, aggregation_method='sum', time_scale=1000)``.
+    norm_constant=1, inv_sublayers=1, normalization_factor=1, aggregation_method='sum', schedule=...)``, with the
+    time feature τ(t) of :func:`time_feature` in place of EDM's t/T. ``schedule`` (keyword-only) is required when
+    ``condition_time`` (the default); it is a plain attribute, not part of ``config()`` or the state dict.
     """
 
     def __init__(self, in_node_nf: int = 6, context_nf: int = 0, hidden_nf: int = 256, n_layers: int = 9,
                  attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
-                 inv_sublayers: int = 1, sin_embedding: bool = False, normalization_factor: float = 1.0,
-                 aggregation_method: str = "sum", time_scale: float = 1000.0, condition_time: bool = True,
-                 check_inputs: bool = True, factorized_edges: bool = True) -> None:
+                 inv_sublayers: int = 1, normalization_factor: float = 1.0, aggregation_method: str = "sum",
+                 condition_time: bool = True, check_inputs: bool = True, factorized_edges: bool = True, *,
+                 schedule: NoiseSchedule | None = None) -> None:
         super().__init__()
-        if sin_embedding:
-            raise ValueError("sin_embedding=True is not implemented (EDM's QM9 models use False)")
+        self.schedule = require_schedule(schedule, type(self).__name__) if condition_time else None
         if aggregation_method not in ("sum", "mean"):
             raise ValueError(f"aggregation_method must be 'sum' or 'mean', got {aggregation_method!r}")
         if in_node_nf < 1 or hidden_nf < 1 or n_layers < 1 or inv_sublayers < 1 or context_nf < 0:
             raise ValueError("in_node_nf, hidden_nf, n_layers, inv_sublayers must be >= 1 and context_nf >= 0")
-        if time_scale <= 0:
-            raise ValueError(f"time_scale must be positive, got {time_scale}")
         self._config = dict(in_node_nf=in_node_nf, context_nf=context_nf, hidden_nf=hidden_nf, n_layers=n_layers,
                             attention=attention, tanh=tanh, coords_range=float(coords_range),
                             norm_constant=float(norm_constant), inv_sublayers=inv_sublayers,
-                            sin_embedding=sin_embedding, normalization_factor=float(normalization_factor),
-                            aggregation_method=aggregation_method, time_scale=float(time_scale),
-                            condition_time=condition_time, check_inputs=check_inputs,
-                            factorized_edges=factorized_edges)
-        self.in_node_nf, self.context_nf, self.time_scale = in_node_nf, context_nf, float(time_scale)
+                            normalization_factor=float(normalization_factor),
+                            aggregation_method=aggregation_method, condition_time=condition_time,
+                            check_inputs=check_inputs, factorized_edges=factorized_edges)
+        self.in_node_nf, self.context_nf = in_node_nf, context_nf
         self.condition_time, self.check, self.aggregation_method = condition_time, check_inputs, aggregation_method
         self.factorized_edges = factorized_edges
         nf = in_node_nf + int(condition_time) + context_nf
@@ -343,25 +382,26 @@ class EGNNDynamics(_CheckedCore):
         """
         return self._checked_call(x_t, t, batch, context, num_graphs, edge_index)
 
-    def forward_core(self, x_t: Tensor, t: Tensor, batch: Tensor, row: Tensor, col: Tensor, context: Tensor | None,
-                     n_graphs: int) -> Tensor:
-        """The network on checked inputs (t float64 [B], pairs row/col): tensor operations only, no host waits,
-        so ``torch.compile`` captures it whole, forward and backward."""
+    def forward_core(self, x_t: Tensor, tau: Tensor | None, batch: Tensor, row: Tensor, col: Tensor,
+                     context: Tensor | None, n_graphs: int) -> Tensor:
+        """The network on checked inputs (time feature τ(t) [B] or None, pairs row/col): tensor operations only, no
+        host waits, so ``torch.compile`` captures it whole, forward and backward."""
         x = x_t[:, :N_DIMS].to(torch.promote_types(x_t.dtype, torch.float32))
-        h, x_cur = self.trunk(x_t, t, batch, row, col, context, n_graphs)
+        h, x_cur = self.trunk(x_t, tau, batch, row, col, context, n_graphs)
         eps_h = self.embedding_out(h)[:, : self.in_node_nf]
         eps_x = remove_mean(x_cur - x, batch, n_graphs)
         return torch.cat([eps_x.to(x_t.dtype), eps_h.to(x_t.dtype)], dim=1)
 
-    def trunk(self, x_t: Tensor, t: Tensor, batch: Tensor, row: Tensor, col: Tensor, context: Tensor | None,
-              n_graphs: int) -> tuple[Tensor, Tensor]:
+    def trunk(self, x_t: Tensor, tau: Tensor | None, batch: Tensor, row: Tensor, col: Tensor,
+              context: Tensor | None, n_graphs: int) -> tuple[Tensor, Tensor]:
         """(h [n, hidden] after the last block: E(3)-invariant atom features, x [n, 3] after the last coordinate
-        update: equivariant) on checked inputs; the ε-head and other heads (``property.PropertyPredictor``) read it."""
+        update: equivariant) on checked inputs, τ = :meth:`time_input` (t); the ε-head and other heads
+        (``property.PropertyPredictor``) read it."""
         x = x_t[:, :N_DIMS].to(torch.promote_types(x_t.dtype, torch.float32))
         dtype = self.embedding.weight.dtype
         parts = [x_t[:, N_DIMS:].to(dtype)]
         if self.condition_time:
-            parts.append((t / self.time_scale).to(dtype)[batch].unsqueeze(1))
+            parts.append(tau.to(dtype)[batch].unsqueeze(1))
         if self.context_nf:
             parts.append(context.to(dtype)[batch])
         h = self.embedding(torch.cat(parts, dim=1))
@@ -379,13 +419,14 @@ class EGNNDynamics(_CheckedCore):
                          if k not in ("check_inputs", "factorized_edges"))
 
 
-def edm_qm9_egnn(time_scale: float = 1000.0, context_nf: int = 0, include_charges: bool = True) -> EGNNDynamics:
-    """EDM's QM9 network (9 × 256 EGNN, attention, tanh, coords_range 15, normalization_factor 1, sum)."""
+def edm_qm9_egnn(schedule: NoiseSchedule, context_nf: int = 0, include_charges: bool = True,
+                 **options: Any) -> EGNNDynamics:
+    """EDM's QM9 network (9 × 256 EGNN, attention, tanh, coords_range 15, normalization_factor 1, sum) for
+    ``schedule``; ``options`` (e.g. ``check_inputs``) go to :class:`EGNNDynamics`."""
     return EGNNDynamics(in_node_nf=5 + int(include_charges), context_nf=context_nf, hidden_nf=256, n_layers=9,
                         attention=True, tanh=True, coords_range=15.0, norm_constant=1.0, inv_sublayers=1,
-                        sin_embedding=False, normalization_factor=1.0, aggregation_method="sum",
-                        time_scale=time_scale)
+                        normalization_factor=1.0, aggregation_method="sum", schedule=schedule, **options)
 
 
 __all__ = ["EGNNDynamics", "GCL", "pair_linear", "EquivariantUpdate", "EquivariantBlock", "coord2diff", "edm_qm9_egnn",
-           "fully_connected_edges", "remove_mean", "check_inputs", "node_counts"]
+           "fully_connected_edges", "remove_mean", "check_inputs", "node_counts", "time_feature", "TIME_FEATURE_RANGE"]

@@ -11,9 +11,9 @@ Each layer is a point convolution over all atom pairs of a molecule (Thomas et a
 with Y the spherical harmonics up to l_max (parity (−1)^l), w(r) = MLP(soft-one-hot radial basis of r)
 giving the tensor product's weights per edge, k_i the atom's number of neighbours (or a fixed ``num_neighbors``), and the gated nonlinearity
 (Weiler et al. 2018): SiLU on scalars, sigmoid gates on l > 0. Residual connections when irreps agree.
-The input irreps are (F + 1 + c)x0e (features, t/T, context); the last convolution outputs
-1x1o (ε for positions, then zero-CoM per molecule) ⊕ Fx0e (ε for features), times a learnable
-invariant gain (``output_gain`` at init, so the initial ε̂ is small and the loss starts near 1). All irreps carry parity, so
+The input irreps are (F + 1 + c)x0e (features, the time feature τ(t) of :func:`.backbone.time_feature`, context);
+the last convolution outputs 1x1o (ε for positions, then zero-CoM per molecule) ⊕ Fx0e (ε for features), times a
+learnable invariant gain (``output_gain`` at init, so the initial ε̂ is small and the loss starts near 1). All irreps carry parity, so
 the network is O(3)-equivariant (rotations and reflections).
 """
 from __future__ import annotations
@@ -25,6 +25,9 @@ from e3nn import o3
 from e3nn.math import soft_one_hot_linspace
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
+
+from sciddpm.network_time import require_schedule
+from sciddpm.schedules import NoiseSchedule
 
 from .backbone import N_DIMS, _CheckedCore, node_counts, remove_mean
 
@@ -57,24 +60,26 @@ def _gate(irreps_hidden: o3.Irreps) -> Gate:
 
 class E3NNDynamics(_CheckedCore):
     """An e3nn tensor-field ε-network for molecules: ``n_layers`` gated point convolutions, fully connected
-    within each molecule, output 1x1o (positions, zero-CoM) ⊕ Fx0e (features)."""
+    within each molecule, output 1x1o (positions, zero-CoM) ⊕ Fx0e (features). ``schedule`` (keyword-only,
+    required): the model's schedule; t enters as the scalar τ(t) of :func:`.backbone.time_feature`."""
 
     def __init__(self, in_node_nf: int = 6, context_nf: int = 0, irreps_hidden: str = "32x0e + 8x1o + 8x1e",
                  n_layers: int = 3, lmax: int = 2, num_basis: int = 16, max_radius: float = 15.0,
-                 radial_neurons: int = 64, num_neighbors: float | None = None, time_scale: float = 1000.0,
-                 output_gain: float = 0.4, check_inputs: bool = True) -> None:
+                 radial_neurons: int = 64, num_neighbors: float | None = None, output_gain: float = 0.4,
+                 check_inputs: bool = True, *, schedule: NoiseSchedule | None = None) -> None:
         super().__init__()
+        self.schedule = require_schedule(schedule, type(self).__name__)
         if in_node_nf < 1 or n_layers < 1 or lmax < 1 or num_basis < 2 or context_nf < 0:
             raise ValueError("in_node_nf, n_layers, lmax must be >= 1, num_basis >= 2 and context_nf >= 0")
-        if time_scale <= 0 or max_radius <= 0 or (num_neighbors is not None and num_neighbors <= 0):
-            raise ValueError("time_scale, max_radius and num_neighbors must be positive")
+        if max_radius <= 0 or (num_neighbors is not None and num_neighbors <= 0):
+            raise ValueError("max_radius and num_neighbors must be positive")
         self._config = dict(in_node_nf=in_node_nf, context_nf=context_nf, irreps_hidden=str(o3.Irreps(irreps_hidden)),
                             n_layers=n_layers, lmax=lmax, num_basis=num_basis, max_radius=float(max_radius),
                             radial_neurons=radial_neurons,
                             num_neighbors=None if num_neighbors is None else float(num_neighbors),
-                            time_scale=float(time_scale), output_gain=float(output_gain),
+                            output_gain=float(output_gain),
                             check_inputs=check_inputs)
-        self.in_node_nf, self.context_nf, self.time_scale = in_node_nf, context_nf, float(time_scale)
+        self.in_node_nf, self.context_nf = in_node_nf, context_nf
         self.check = check_inputs
         self.num_basis, self.max_radius, self.num_neighbors = num_basis, float(max_radius), num_neighbors
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
@@ -100,12 +105,13 @@ class E3NNDynamics(_CheckedCore):
         inputs are checked, then the tensor-only :meth:`forward_core` runs (compiled after :meth:`compile_core`)."""
         return self._checked_call(x_t, t, batch, context, num_graphs, edge_index)
 
-    def forward_core(self, x_t: Tensor, t: Tensor, batch: Tensor, dst: Tensor, src: Tensor, context: Tensor | None,
-                     n_graphs: int) -> Tensor:
-        """The network on checked inputs (t float64 [B], pairs dst ← src): tensor operations only, no host waits."""
+    def forward_core(self, x_t: Tensor, tau: Tensor, batch: Tensor, dst: Tensor, src: Tensor,
+                     context: Tensor | None, n_graphs: int) -> Tensor:
+        """The network on checked inputs (time feature τ(t) float64 [B], pairs dst ← src): tensor operations only,
+        no host waits."""
         dtype = self.output_gain.dtype  # the parameters' dtype
         x = x_t[:, :N_DIMS].to(dtype)
-        parts = [x_t[:, N_DIMS:].to(dtype), (t / self.time_scale).to(dtype)[batch].unsqueeze(1)]
+        parts = [x_t[:, N_DIMS:].to(dtype), tau.to(dtype)[batch].unsqueeze(1)]
         if self.context_nf:
             parts.append(context.to(dtype)[batch])
         f = torch.cat(parts, dim=1)

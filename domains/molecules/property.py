@@ -2,10 +2,11 @@
 (Hoogeboom et al., ICML 2022, §5.2) and, with ``noise_aware``, the time-dependent predictor g(x_t, t) whose energy
 |g(x_t, t) − c|² EEGSDE guides with (Bao et al., ICLR 2023).
 
-    h = EGNN trunk(x, [t])                          (atom features after the last block, invariant)
+    h = EGNN trunk(x, [τ(t)])                       (atom features after the last block, invariant)
     ŷ = W₂ SiLU(W₁ Σ_i ψ(h_i))                      (sum over the molecule's atoms, then an MLP)
 
-ŷ is the property normalised as the conditioning is, c̃ = (c − mean)/MAD (:mod:`.conditioning`), and it is trained
+with τ(t) the noise-level time feature of :func:`.backbone.time_feature` (noise-aware predictors only). ŷ is the
+property normalised as the conditioning is, c̃ = (c − mean)/MAD (:mod:`.conditioning`), and it is trained
 with the L1 loss |ŷ − c̃|, whose MAD-scaled value is the MAE in the property's own units.
 """
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from sciddpm.network_time import check_network_schedule, require_schedule
+from sciddpm.schedules import NoiseSchedule
+
 from .backbone import EGNNDynamics, check_inputs, fully_connected_edges
 from .conditioning import PropertyConditioning
 
@@ -24,20 +28,24 @@ from .conditioning import PropertyConditioning
 class PropertyPredictor(nn.Module):
     """``predictor(x [n, 3 + F], batch=[n], num_graphs=B, t=None, edge_index=None) -> ŷ [B, k]`` (normalised units).
 
-    ``noise_aware=False``: the evaluator on clean molecules (t is ignored); ``True``: the EGNN also sees t (the
-    schedule's units, ``time_scale``) and is meant for noisy states x_t.
+    ``noise_aware=False``: the evaluator on clean molecules (t is ignored, no schedule needed); ``True``: the EGNN
+    also sees τ(t) of t in the units of ``schedule`` (keyword-only, then required) and is meant for noisy x_t.
     """
 
     def __init__(self, in_node_nf: int = 6, n_properties: int = 1, hidden_nf: int = 128, n_layers: int = 7,
-                 noise_aware: bool = False, time_scale: float = 1000.0) -> None:
+                 noise_aware: bool = False, *, schedule: NoiseSchedule | None = None) -> None:
         super().__init__()
         if n_properties < 1:
             raise ValueError(f"n_properties must be >= 1, got {n_properties}")
+        if noise_aware:
+            require_schedule(schedule, "PropertyPredictor(noise_aware=True)")
         self._config = dict(in_node_nf=in_node_nf, n_properties=n_properties, hidden_nf=hidden_nf, n_layers=n_layers,
-                            noise_aware=noise_aware, time_scale=float(time_scale))
+                            noise_aware=noise_aware)
         self.noise_aware = noise_aware
         self.egnn = EGNNDynamics(in_node_nf=in_node_nf, hidden_nf=hidden_nf, n_layers=n_layers,
-                                 condition_time=noise_aware, time_scale=time_scale)
+                                 condition_time=noise_aware, schedule=schedule if noise_aware else None)
+        #: The schedule whose noise level a noise-aware predictor reads (None for the clean-data evaluator).
+        self.schedule = self.egnn.schedule
         self.atom_mlp = nn.Sequential(nn.Linear(hidden_nf, hidden_nf), nn.SiLU(), nn.Linear(hidden_nf, hidden_nf))
         self.graph_mlp = nn.Sequential(nn.Linear(hidden_nf, hidden_nf), nn.SiLU(), nn.Linear(hidden_nf, n_properties))
 
@@ -51,9 +59,10 @@ class PropertyPredictor(nn.Module):
             if self.noise_aware:
                 raise ValueError("a noise-aware property predictor needs t (the time of x_t)")
             t = 0.0
-        t, n_graphs = check_inputs(x, t, batch, self.egnn.in_node_nf, 0, None, num_graphs, True, edge_index)
+        t, n_graphs = check_inputs(x, t, batch, self.egnn.in_node_nf, 0, None, num_graphs, True, edge_index,
+                                   self.schedule)
         row, col = fully_connected_edges(batch, n_graphs) if edge_index is None else (edge_index[0], edge_index[1])
-        h, _ = self.egnn.trunk(x, t, batch, row, col, None, n_graphs)
+        h, _ = self.egnn.trunk(x, self.egnn.time_input(t), batch, row, col, None, n_graphs)
         per_atom = self.atom_mlp(h)
         pooled = torch.zeros((n_graphs, per_atom.shape[1]), dtype=per_atom.dtype, device=x.device)
         return self.graph_mlp(pooled.index_add_(0, batch, per_atom)).to(x.dtype)
@@ -93,14 +102,18 @@ def predict(predictor: PropertyPredictor, conditioning: PropertyConditioning, ba
 def train_property_predictor(predictor: PropertyPredictor, loader: Iterable[Any], *, seconds: float,
                              max_steps: int = 0, lr: float = 5e-4, device: torch.device | str = "cpu",
                              schedule: Any = None, space_for: Any = None, log_every: int = 200) -> dict[str, Any]:
-    """AdamW (cosine decay over ``max_steps`` when given, else over the time budget) on the L1 loss |ŷ − c̃| over PyG batches with ``context``, until
-    ``seconds`` or ``max_steps`` (0: no cap), cycling over ``loader``. A noise-aware predictor is trained on
+    """AdamW (cosine decay over ``max_steps`` when given, else over the time budget) on the L1 loss |ŷ − c̃| over
+    PyG batches with ``context``, until ``seconds`` or ``max_steps`` (0: no cap), cycling over ``loader``. A noise-aware predictor is trained on
     x_t = α_t x₀ + σ_t ε (ε drawn through ``space_for(batch)``, the zero-CoM molecule space) at uniform t of
-    ``schedule``. Returns {steps, seconds, final_loss (mean of the last ``log_every`` steps)}."""
+    ``schedule`` (None: the predictor's own; another schedule than the predictor's is refused). Returns {steps,
+    seconds, final_loss (mean of the last ``log_every`` steps)}."""
     from sciddpm.objectives import forward_noise, sample_times
 
-    if predictor.noise_aware and (schedule is None or space_for is None):
-        raise ValueError("a noise-aware predictor is trained on noisy states: pass schedule= and space_for=")
+    if predictor.noise_aware:
+        schedule = predictor.schedule if schedule is None else schedule
+        check_network_schedule(predictor, schedule, "train_property_predictor")
+        if space_for is None:
+            raise ValueError("a noise-aware predictor is trained on noisy states: pass space_for=")
     predictor.to(device).train()
     opt = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=1e-16)
     start, step, running, since, final = time.perf_counter(), 0, 0.0, 0, float("nan")

@@ -15,7 +15,7 @@ from sciddpm.guidance import classifier_guidance, classifier_log_prob, noisy_cla
 from sciddpm.objectives import sample_times
 from sciddpm.schedules import LinearSchedule
 from sciddpm.spaces import DenseSpace, ZeroCoMSpace
-from tests.domains.images.common import TINY_UNET
+from tests.domains.images.common import LINEAR_1000, TINY_UNET
 
 ROOT = Path(__file__).resolve().parents[3]
 SCH = LinearSchedule(1000)
@@ -25,7 +25,7 @@ TINY = TINY_UNET
 
 def _clf(**kw) -> NoisyClassifier:
     torch.manual_seed(0)
-    return NoisyClassifier(**{**TINY, **kw}).eval()
+    return NoisyClassifier(schedule=LINEAR_1000, **{**TINY, **kw}).eval()
 
 
 @pytest.mark.parametrize("pool", ["attention", "avg"])
@@ -42,7 +42,7 @@ def test_classifier_shapes_gradient_and_config_roundtrip(pool, tmp_path):
     assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
     save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp_path / "c.safetensors"),
               metadata={"config": json.dumps(clf.config())})
-    clone = NoisyClassifier.from_config(json.loads(json.dumps(clf.config()))).eval()
+    clone = NoisyClassifier.from_config(json.loads(json.dumps(clf.config())), LINEAR_1000).eval()
     clone.load_state_dict(load_file(str(tmp_path / "c.safetensors")))
     torch.testing.assert_close(clone(x, t), logits, rtol=0, atol=0)
 
@@ -59,7 +59,7 @@ def test_classifier_depends_on_time_and_rejects_bad_input():
     with pytest.raises(ValueError, match="attention pooling"):
         clf(torch.randn(2, 1, 32, 32), torch.zeros(2))
     with pytest.raises(ValueError, match="pool"):
-        NoisyClassifier(**TINY, pool="max")
+        NoisyClassifier(schedule=LINEAR_1000, **TINY, pool="max")
 
 
 def test_noisy_classifier_loss_is_log10_for_uniform_logits_and_feeds_q_xt():
@@ -107,7 +107,7 @@ def test_noisy_classifier_loss_uses_the_space_and_validates():
 def test_noisy_classifier_loss_decreases_on_a_separable_problem():
     """Two classes of constant 8×8 images (−0.8 vs +0.8): 60 AdamW steps lower the mean loss by more than 40%."""
     torch.manual_seed(0)
-    clf = NoisyClassifier(**TINY, image_size=8, pool="avg").train()
+    clf = NoisyClassifier(schedule=LINEAR_1000, **TINY, image_size=8, pool="avg").train()
     opt = torch.optim.AdamW(clf.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     y = torch.arange(16) % 2

@@ -10,7 +10,7 @@ from sciddpm.domains.images.features import (FeatureProbe, cross_val_accuracy, d
                                              probe_predict, sample_labelled, standardisation, stratified_folds,
                                              train_probe)
 from sciddpm.schedules import LinearSchedule
-from tests.domains.images.common import TINY_UNET
+from tests.domains.images.common import LINEAR_1000, TINY_UNET
 
 TINY = TINY_UNET
 
@@ -19,7 +19,7 @@ TINY = TINY_UNET
 @pytest.fixture(scope="module")
 def net() -> UNet:
     torch.manual_seed(0)
-    return UNet(**TINY, zero_init=False).eval()
+    return UNet(schedule=LINEAR_1000, **TINY, zero_init=False).eval()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_features_depend_on_t_and_concatenate_t_major(net, images):
 
 def test_eval_mode_used_and_training_mode_restored(images):
     torch.manual_seed(0)
-    drop = UNet(**{**TINY, "dropout": 0.5}, zero_init=False).train()
+    drop = UNet(schedule=LINEAR_1000, **{**TINY, "dropout": 0.5}, zero_init=False).train()
     sch = LinearSchedule(1000)
     a = extract_features(drop, sch, images, [50], [1], generator=_gen(0))
     b = extract_features(drop, sch, images, [50], [1], generator=_gen(0))

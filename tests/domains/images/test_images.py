@@ -17,8 +17,9 @@ from sciddpm.domains.images.metrics import (DEFAULT_WEIGHTS, EvalClassifier, cla
                                             frechet_distance, load_eval_classifier, save_eval_classifier)
 from sciddpm.likelihood import dequantize
 from sciddpm.objectives import denoising_loss
-from sciddpm.schedules import LinearSchedule
+from sciddpm.schedules import VPSchedule
 from sciddpm.spaces import DenseSpace
+from tests.domains.images.common import LINEAR_1000
 
 SUBSET = Path(__file__).resolve().parents[2] / "data" / "fashion_mnist_subset"
 TINY = dict(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(14,), dropout=0.0)
@@ -131,7 +132,7 @@ def _inputs(cfg: dict, b: int = 3, seed: int = 0):
 def test_unet_shapes_grads_config(name):
     torch.manual_seed(0)
     cfg = CONFIGS[name]
-    model = UNet(**cfg, zero_init=False)
+    model = UNet(schedule=LINEAR_1000, **cfg, zero_init=False)
     x, t, kw = _inputs(cfg)
     out, feats = model(x, t, return_features=True, **kw)
     assert out.shape == (3, cfg.get("out_channels", x.shape[1])) + x.shape[2:]
@@ -144,22 +145,22 @@ def test_unet_shapes_grads_config(name):
         missing = [n for n in missing if n != "class_emb.weight"]
         assert model.class_emb.weight.grad[[0, 3, 10]].abs().sum(1).gt(0).all()
     assert not missing, missing
-    clone = UNet.from_config(json.loads(json.dumps(model.config())))
+    clone = UNet.from_config(json.loads(json.dumps(model.config())), LINEAR_1000)
     clone.load_state_dict(model.state_dict())
     assert torch.allclose(clone(x, t, **kw), out, atol=1e-6)
 
 
 def test_unet_default_zero_init_and_param_counts():
-    default = UNet()
+    default = UNet(schedule=LINEAR_1000)
     x, t, _ = _inputs({})
     assert torch.count_nonzero(default(x, t)) == 0  # ADM zero-initialised output conv
     assert 5_000_000 < count_parameters(default) < 10_000_000
-    assert count_parameters(UNet(**{**TINY, "model_channels": 16})) < 300_000
+    assert count_parameters(UNet(schedule=LINEAR_1000, **{**TINY, "model_channels": 16})) < 300_000
 
 
 def test_unet_conditioning_changes_output():
     torch.manual_seed(0)
-    model = UNet(**{**TINY, "num_classes": 10, "cond_channels": 1}, zero_init=False).eval()
+    model = UNet(schedule=LINEAR_1000, **{**TINY, "num_classes": 10, "cond_channels": 1}, zero_init=False).eval()
     x = torch.randn(2, 1, 28, 28)
     t = torch.full((2,), 300.0, dtype=torch.float64)
     lo = torch.randn(2, 1, 14, 14)
@@ -177,23 +178,33 @@ def test_unet_conditioning_changes_output():
     with pytest.raises(ValueError, match="cond_image"):
         model(x, t, y=torch.tensor([1, 1]))
     with pytest.raises(ValueError, match="num_classes"):
-        UNet(**TINY)(x, t, y=torch.tensor([1, 1]))
+        UNet(schedule=LINEAR_1000, **TINY)(x, t, y=torch.tensor([1, 1]))
 
 
-def test_unet_time_scale():
+def test_unet_reads_the_noise_level_not_raw_time():
+    """The same weights give the same output for the same noise level ς = σ/α under two schedules (linear discrete
+    and VP continuous at matched ς); a missing schedule and a v1 ``time_scale`` config are refused."""
     torch.manual_seed(0)
-    a = UNet(**TINY, zero_init=False, time_scale=1000.0).eval()
-    b = UNet(**TINY, zero_init=False, time_scale=1.0).eval()
+    vp = VPSchedule()
+    a = UNet(schedule=LINEAR_1000, **TINY, zero_init=False).eval()
+    b = UNet(schedule=vp, **TINY, zero_init=False).eval()
     b.load_state_dict(a.state_dict())
-    x = torch.randn(2, 1, 28, 28)
-    t = torch.tensor([250.0, 750.0], dtype=torch.float64)
-    assert torch.allclose(a(x, t), b(x, t / 1000.0), atol=1e-5)
+    x = torch.randn(3, 1, 28, 28)
+    t = torch.tensor([5.0, 250.0, 750.0], dtype=torch.float64)
+    t_vp = vp.time_at_varsigma(LINEAR_1000.varsigma(t))
+    assert torch.allclose(vp.varsigma(t_vp), LINEAR_1000.varsigma(t), rtol=1e-9)
+    assert torch.allclose(a(x, t), b(x, t_vp), atol=1e-5)
+    assert not torch.allclose(a(x, t), b(x, t / 1000.0), atol=1e-3)  # raw t/T would be another noise level
+    with pytest.raises(ValueError, match="needs schedule=NoiseSchedule"):
+        UNet(**TINY)
+    with pytest.raises(ValueError, match="time_scale"):
+        UNet.from_config({**a.config(), "time_scale": 1000.0}, LINEAR_1000)
 
 
 def test_unet_bf16_autocast():
     torch.manual_seed(0)
     cfg = {**TINY, "num_classes": 10, "cond_channels": 1}
-    model = UNet(**cfg, zero_init=False)
+    model = UNet(schedule=LINEAR_1000, **cfg, zero_init=False)
     x, t, kw = _inputs(cfg)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, feats = model(x, t, return_features=True, **kw)
@@ -208,8 +219,8 @@ def test_denoising_loss_falls_on_subset():
     torch.manual_seed(0)
     x, _ = load_fashion_mnist(SUBSET, "train")
     x0 = to_model_range(x[:64])
-    model = UNet(**{**TINY, "attention_resolutions": ()})
-    schedule, space = LinearSchedule(1000), DenseSpace((16, 1, 28, 28))
+    model = UNet(schedule=LINEAR_1000, **{**TINY, "attention_resolutions": ()})
+    schedule, space = LINEAR_1000, DenseSpace((16, 1, 28, 28))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(1)
     losses = []

@@ -15,7 +15,7 @@ from sciddpm.domains.images.sr3 import (bicubic_upsample, downsample, nearest_up
 from sciddpm.export import load
 from sciddpm.schedules import LinearSchedule
 from sciddpm.training import config_from_dict, fit
-from tests.domains.images.common import TINY_UNET
+from tests.domains.images.common import LINEAR_1000, TINY_UNET
 
 TINY = TINY_UNET
 
@@ -65,7 +65,7 @@ def test_downsample_bad_factor(factor):
 # ------------------------------------------------------------------------------------------------ network
 def test_cond_image_reaches_network():
     torch.manual_seed(0)
-    net = UNet(**{**TINY, "zero_init": False}, cond_channels=1).eval()
+    net = UNet(schedule=LINEAR_1000, **{**TINY, "zero_init": False}, cond_channels=1).eval()
     x, t = _images(2), torch.full((2,), 300.0)
     low = downsample(_images(2, seed=1))
     with torch.no_grad():
@@ -80,7 +80,7 @@ def test_cond_image_reaches_network():
 @pytest.mark.parametrize("sampler,steps,nfe", [("ddpm", 3, 3), ("ddim", 2, 2), ("dpm_solver_pp_2m", 3, 3)])
 def test_super_resolve_shape_device_nfe(sampler, steps, nfe):
     torch.manual_seed(0)
-    net = UNet(**TINY, cond_channels=1).eval()
+    net = UNet(schedule=LINEAR_1000, **TINY, cond_channels=1).eval()
     low = downsample(_images(2))
     gen = torch.Generator().manual_seed(0)
     out = super_resolve(net, LinearSchedule(1000), low, sampler=sampler, steps=steps, generator=gen)
@@ -92,7 +92,7 @@ def test_super_resolve_shape_device_nfe(sampler, steps, nfe):
 
 
 def test_super_resolve_bad_input():
-    net, sch, low = UNet(**TINY, cond_channels=1).eval(), LinearSchedule(1000), downsample(_images(1))
+    net, sch, low = UNet(schedule=LINEAR_1000, **TINY, cond_channels=1).eval(), LINEAR_1000, downsample(_images(1))
     with pytest.raises(ValueError, match="sampler"):
         super_resolve(net, sch, low, sampler="rk45", steps=2)
     with pytest.raises(ValueError, match="steps"):
@@ -183,7 +183,11 @@ def test_sr_metrics_bicubic_row():
 
 # ------------------------------------------------------------------------------------------------ adapter
 def test_adapter_option_validation_and_off_by_default():
-    assert ImagesDomain({}).build_backbone(TINY).cond_channels == 0
+    assert ImagesDomain({}).build_backbone(TINY, LINEAR_1000).cond_channels == 0
+    with pytest.raises(ValueError, match="needs schedule=NoiseSchedule"):
+        ImagesDomain({}).build_backbone(TINY)  # no silent default schedule
+    with pytest.raises(ValueError, match="time_scale"):
+        ImagesDomain({}).build_backbone({**TINY, "time_scale": 1000.0}, LINEAR_1000)
     dom = ImagesDomain({})
     assert dom.network_condition(dom.space_for((_images(2), torch.zeros(2)))) == {}
     for bad in (1, 3, "2", 2.0, True):

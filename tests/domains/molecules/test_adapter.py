@@ -7,6 +7,7 @@ import torch
 
 from sciddpm.domains.molecules.adapter import EDM_SCHEDULE, MoleculesDomain
 from sciddpm.export import load
+from sciddpm.schedules import schedule_from_config
 from sciddpm.spaces import DenseSpace
 from sciddpm.training import config_from_dict, fit
 
@@ -95,7 +96,7 @@ def test_bad_input_raises(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         MoleculesDomain({}).train_dataset({"path": str(tmp_path / "bad.npz")})
     with pytest.raises(ValueError, match="unknown molecules backbone"):
-        MoleculesDomain({}).build_backbone({"type": "transformer"})
+        MoleculesDomain({}).build_backbone({"type": "transformer"}, schedule_from_config(EDM_SCHEDULE))
     with pytest.raises(ValueError, match="need their space"):
         MoleculesDomain({}).decode(torch.zeros(7, 9))
     with pytest.raises(ValueError, match="molecule space"):

@@ -12,6 +12,7 @@ from sciddpm.domains.molecules.adapter import EDM_SCHEDULE, MoleculesDomain
 from sciddpm.domains.molecules.conditioning import PropertyConditioning, resolve_properties
 from sciddpm.domains.molecules.data import load_qm9
 from sciddpm.export import load
+from sciddpm.schedules import schedule_from_config
 from sciddpm.training import config_from_dict, fit
 
 SUBSET = Path(__file__).resolve().parents[2] / "data" / "qm9_subset.npz"
@@ -94,7 +95,7 @@ def test_user_conditions_travel_with_the_space():
 
 def test_context_reaches_the_network(domain):
     """The backbone is built with context_nf = 2, and changing a molecule's condition changes its ε̂ only."""
-    net = domain.build_backbone({"n_layers": 2, "hidden_nf": 16})
+    net = domain.build_backbone({"n_layers": 2, "hidden_nf": 16}, schedule_from_config(EDM_SCHEDULE))
     assert net.dynamics.context_nf == 2
     batch = domain.collate([domain.train_dataset(OPTIONS)[i] for i in range(3)])
     cond = domain.network_condition(domain.space_for(batch))
@@ -107,7 +108,7 @@ def test_context_reaches_the_network(domain):
     moved = (out2 - out).abs().sum(1) > 1e-6
     assert moved[batch.batch == 1].all() and not moved[batch.batch != 1].any()
     with pytest.raises(ValueError, match="context_nf is 1 but data.conditioning names 2"):
-        domain.build_backbone({"context_nf": 1})
+        domain.build_backbone({"context_nf": 1}, schedule_from_config(EDM_SCHEDULE))
 
 
 def test_conditional_training_export_and_sampling(tmp_path):

@@ -14,6 +14,7 @@ from benchmarks.qm9_train_step import OpCounter  # counts ATen operators; _local
 from sciddpm.domains.molecules.adapter import MoleculesDomain
 from sciddpm.domains.molecules.backbone import EGNNDynamics, fully_connected_edges, pair_linear
 from sciddpm.domains.molecules.e3nn_backbone import E3NNDynamics
+from tests.domains.molecules.test_backbones import SCHEDULE
 
 SUBSET = Path(__file__).resolve().parents[2] / "data" / "qm9_subset.npz"
 F = 6
@@ -28,7 +29,7 @@ def domain_batch():
 
 def _net(**kw) -> EGNNDynamics:
     torch.manual_seed(0)
-    return EGNNDynamics(in_node_nf=F, hidden_nf=32, n_layers=3, **kw)
+    return EGNNDynamics(in_node_nf=F, hidden_nf=32, n_layers=3, schedule=SCHEDULE, **kw)
 
 
 def _forward_and_grads(net: EGNNDynamics, batch, **kw) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -133,7 +134,7 @@ SMALL_E3NN = {"irreps_hidden": "8x0e + 2x1o", "n_layers": 2, "num_basis": 4, "ra
 
 def _e3nn_net() -> E3NNDynamics:
     torch.manual_seed(0)
-    return E3NNDynamics(in_node_nf=F, **SMALL_E3NN)
+    return E3NNDynamics(in_node_nf=F, **SMALL_E3NN, schedule=SCHEDULE)
 
 
 @pytest.mark.parametrize("build", [_net, _e3nn_net], ids=["egnn", "e3nn"])
@@ -206,7 +207,7 @@ def test_compile_network_hands_the_core_to_the_compiler(domain_batch, kind):
     domain, batch = domain_batch
     config = {"type": kind, **({"n_layers": 2} if kind == "egnn" else SMALL_E3NN)}
     torch.manual_seed(0)
-    eager = domain.build_backbone(config)
+    eager = domain.build_backbone(config, SCHEDULE)
     compiled = copy.deepcopy(eager)
     counter = CompileCounter()
     torch._dynamo.reset()

@@ -27,7 +27,7 @@ def setup():
         torch.manual_seed(0)
         domain = MoleculesDomain({})
         schedule = schedule_from_config(EDM_SCHEDULE)
-        net = domain.build_backbone(TINY).eval()  # untrained
+        net = domain.build_backbone(TINY, schedule).eval()  # untrained
         gamma = gamma_table(net, domain, schedule, domain.train_dataset({}), torch.device("cpu"), batches=1,
                             batch_size=8)
         batch = qm9_test_batch(domain, DEFAULT_PATH, 8)

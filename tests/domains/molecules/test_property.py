@@ -9,7 +9,7 @@ import torch
 
 from sciddpm.domains.molecules.adapter import MoleculesDomain
 from sciddpm.domains.molecules.property import PropertyPredictor, predict, train_property_predictor
-from tests.domains.molecules.test_backbones import _apply, _orthogonal
+from tests.domains.molecules.test_backbones import SCHEDULE, _apply, _orthogonal
 
 SUBSET = Path(__file__).resolve().parents[2] / "data" / "qm9_subset.npz"
 OPTIONS = {"path": str(SUBSET), "conditioning": ["alpha"]}
@@ -36,7 +36,7 @@ def test_invariant_to_rotation_reflection_translation_and_permutation(data):
         assert (net(b.x[perm], b.batch[perm], b.num_graphs) - ref).abs().max() < 1e-4
         alone = net(b.x[b.batch == 2], torch.zeros(int((b.batch == 2).sum()), dtype=torch.long), 1)
         assert (alone - ref[2]).abs().max() < 1e-5
-    noisy = PropertyPredictor(noise_aware=True, hidden_nf=16, n_layers=2)
+    noisy = PropertyPredictor(noise_aware=True, hidden_nf=16, n_layers=2, schedule=SCHEDULE)
     with pytest.raises(ValueError, match="needs t"):
         noisy(b.x, b.batch, b.num_graphs)
 
@@ -67,13 +67,12 @@ def test_eegsde_energy_gradient_is_equivariant(data):
     """E(x_t, c, t) = ‖g(x_t, t) − c̃‖² is invariant, so rotating x rotates its position gradient and leaves the
     feature gradient unchanged; the guided ε stays in the zero-CoM space."""
     from sciddpm.guidance import energy_guidance, grad_of
-    from sciddpm.schedules import PolynomialSchedule
     from sciddpm.domains.molecules.property import property_energy
 
     domain, train = data
     b = domain.collate([train[i] for i in range(4)])
     torch.manual_seed(0)
-    g = PropertyPredictor(n_properties=1, hidden_nf=16, n_layers=2, noise_aware=True)
+    g = PropertyPredictor(n_properties=1, hidden_nf=16, n_layers=2, noise_aware=True, schedule=SCHEDULE)
     t = torch.full((4,), 400.0, dtype=torch.float64)
     energy = property_energy(g, b.context, b.batch, 4, b.edge_index)
     grad = grad_of(energy, b.x, t)
@@ -82,7 +81,7 @@ def test_eegsde_energy_gradient_is_equivariant(data):
     assert (grad_r[:, :3] - grad[:, :3] @ R.T).abs().max() < 1e-4
     assert (grad_r[:, 3:] - grad[:, 3:]).abs().max() < 1e-4
     space = domain.space_for(b)
-    schedule = PolynomialSchedule(1000)
+    schedule = SCHEDULE
     guided = energy_guidance(lambda x, tt: torch.zeros_like(x), energy, schedule, space, scale=2.0)(b.x, t)
     com = torch.zeros(4, 3).index_add_(0, b.batch, guided[:, :3])
     assert com.abs().max() < 1e-5 and guided.abs().max() > 0
