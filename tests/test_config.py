@@ -71,7 +71,7 @@ def test_unknown_backbone_key(tmp_path, capsys):
     f.write_text('domain = "tabular"\nmax_steps = 2\n[backbone]\nhiden = 8\n')
     err = _error(capsys, ["train", "--config", str(f), "--output", str(tmp_path / "run")])
     assert err == ("sciddpm: error: unknown backbone key 'hiden' in config (domain 'tabular'); valid keys: emb, "
-                   "hidden, layers, t_scale")
+                   "hidden, layers")
     assert not (tmp_path / "run").exists()
 
 
