@@ -8,6 +8,15 @@ from sciddpm.oracle import GaussianMixture
 from sciddpm.schedules import (CosineSchedule, LinearSchedule, PolynomialSchedule, SubVPSchedule, VESchedule,
                                VPSchedule)
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (training tests: reproducible and fair to a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 ALL_SCHEDULES = {
     "linear": lambda: LinearSchedule(1000),
     "cosine": lambda: CosineSchedule(1000),

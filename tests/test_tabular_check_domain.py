@@ -10,12 +10,7 @@ from sciddpm.testing import DomainCheckError, check_domain
 SMALL_MLP = {"hidden": 32, "layers": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tabular_domain_keeps_the_contract(tmp_path):

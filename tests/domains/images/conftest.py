@@ -3,12 +3,9 @@ oversubscribed); the previous thread count is restored afterwards."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every images test runs on one torch thread (``one_thread`` in tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)

@@ -20,12 +20,7 @@ Q = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)
 SIZES = [11, 14, 18, 25]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reverse_atoms(space: Space) -> Tensor:
