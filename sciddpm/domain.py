@@ -156,6 +156,23 @@ _DOMAINS: dict[str, type[Domain]] = {}
 ENTRY_POINT_GROUP = "sciddpm.domains"
 
 
+def per_sample_integers(value: Any, n: int, key: str, what: str = "values", items: str = "samples") -> Tensor:
+    """A condition of one integer per sample, long [n], from one int (all n samples) or n ints (a list, array or
+    tensor), e.g. class labels or atom counts given to ``sample_space(n, conditions={key: value})``.
+
+    Non-integral numbers and a count other than 1 or n are a one-line ValueError naming ``key`` (``what`` and
+    ``items`` word the count error: "condition 'y' holds 3 labels for 4 samples").
+    """
+    ints = torch.as_tensor(value)
+    if ints.is_floating_point() and bool((ints != ints.round()).any()):
+        raise ValueError(f"condition {key!r} must hold integers, got {value!r}")
+    ints = ints.long().reshape(-1)
+    ints = ints.expand(n).clone() if ints.numel() == 1 else ints
+    if ints.numel() != n:
+        raise ValueError(f"condition {key!r} holds {ints.numel()} {what} for {n} {items}")
+    return ints
+
+
 def register_domain(cls: type[Domain]) -> type[Domain]:
     """Class decorator: register a Domain subclass under ``cls.name``."""
     if not cls.name:

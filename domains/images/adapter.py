@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from sciddpm.domain import Domain, constructor_keys, register_domain
+from sciddpm.domain import Domain, constructor_keys, per_sample_integers, register_domain
 from sciddpm.network_time import refuse_raw_time_config, require_schedule
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
@@ -242,13 +242,7 @@ def _labels(value: Any, n: int) -> Tensor:
     """Class labels [n] from an int (all samples) or n ints in 0..9 (default: classes cycling 0..9)."""
     if value is None:
         return torch.arange(n) % NUM_CLASSES
-    y = torch.as_tensor(value)
-    if y.is_floating_point() and bool((y != y.round()).any()):
-        raise ValueError(f"condition 'y' must hold integer class labels, got {value!r}")
-    y = y.long().reshape(-1)
-    y = y.expand(n).clone() if y.numel() == 1 else y
-    if y.numel() != n:
-        raise ValueError(f"condition 'y' holds {y.numel()} labels for {n} samples")
+    y = per_sample_integers(value, n, "y", "labels")
     if bool(((y < 0) | (y >= NUM_CLASSES)).any()):
         raise ValueError(f"condition 'y' must lie in 0..{NUM_CLASSES - 1}, got {sorted(set(y.tolist()))}")
     return y

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from sciddpm.domain import Domain, constructor_keys, register_domain
+from sciddpm.domain import Domain, constructor_keys, per_sample_integers, register_domain
 from sciddpm.network_time import refuse_raw_time_config, require_schedule
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import GraphSpace, ProductSpace, ZeroCoMSpace
@@ -306,13 +306,7 @@ class MoleculesDomain(Domain):
         sampler = self.size_sampler()
         if value is None:
             return sampler.sample(n, generator)
-        sizes = torch.as_tensor(value)
-        if sizes.is_floating_point() and bool((sizes != sizes.round()).any()):
-            raise ValueError(f"condition 'n_atoms' must hold integers, got {value!r}")
-        sizes = sizes.long().reshape(-1)
-        sizes = sizes.expand(n).clone() if sizes.numel() == 1 else sizes
-        if sizes.numel() != n:
-            raise ValueError(f"condition 'n_atoms' holds {sizes.numel()} counts for {n} molecules")
+        sizes = per_sample_integers(value, n, "n_atoms", "counts", "molecules")
         bad = sizes[(sampler.log_prob(sizes) == float("-inf"))]
         if bad.numel():
             raise ValueError(f"condition 'n_atoms' = {int(bad[0])} is not a size of the training molecules "

@@ -105,6 +105,16 @@ def test_unconditional_model_refuses_guidance_and_conditions(tmp_path):
         model.sample(2, steps=2, conditions={"y": 1})
 
 
+def test_bad_labels_are_one_line_errors():
+    """Labels given at sampling time: one int or n ints in 0..9; anything else is refused by name."""
+    dom = domain_class("images")({"class_conditional": True})
+    assert dom.sample_space(3, conditions={"y": 7.0}).condition["y"].tolist() == [7, 7, 7]
+    for bad, msg in ((2.5, "condition 'y' must hold integers"), ([1, 2], "condition 'y' holds 2 labels for 3 samples"),
+                     ([1, 2, 10], r"condition 'y' must lie in 0\.\.9")):
+        with pytest.raises(ValueError, match=msg):
+            dom.sample_space(3, conditions={"y": bad})
+
+
 def test_sampling_keeps_no_state_on_the_domain(tmp_path):
     """Two condition sets from one domain object, in either order, give the same samples and scores."""
     model = load_or_fit(tmp_path)

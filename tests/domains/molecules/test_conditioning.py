@@ -91,6 +91,10 @@ def test_user_conditions_travel_with_the_space():
         d.sample_space(3, conditions={"alpha": [1.0, 2.0], "gap": 0.3})
     with pytest.raises(ValueError, match="condition 'n_atoms' = 1 is not a size"):
         d.sample_space(2, conditions={"n_atoms": 1})
+    with pytest.raises(ValueError, match="condition 'n_atoms' holds 2 counts for 3 molecules"):
+        d.sample_space(3, conditions={"n_atoms": [a, b], "alpha": 70.0, "gap": 0.3})
+    with pytest.raises(ValueError, match="condition 'n_atoms' must hold integers"):
+        d.sample_space(2, conditions={"n_atoms": 9.5, "alpha": 70.0, "gap": 0.3})
 
 
 def test_context_reaches_the_network(domain):
