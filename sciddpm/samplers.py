@@ -12,170 +12,18 @@ x̂₀ = (x_t − σ_t ε̂)/α_t.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .grids import GridKind, check_grid, time_grid  # noqa: F401  (re-exported)
 from .objectives import EpsFn, predict_x0
+from .sampler_base import (SamplerOutput, SamplerStep, StepCallback, _coef, _CountedEps, _prepare,  # noqa: F401
+                           _report, prior_sample)
 from .schedules import NoiseSchedule
 from .spaces import Space
-
-GridKind = Literal["uniform", "quadratic", "logsnr"]
-
-
-@dataclass
-class SamplerOutput:
-    """A sampler's result: the final state, the number of ε-network evaluations used and (set by
-    ``DiffusionModel.sample``) the space of the samples, which domains need to decode variable-size layouts."""
-
-    sample: Tensor
-    nfe: int
-    space: Space | None = None
-
-
-@dataclass(frozen=True)
-class SamplerStep:
-    """What a sampler reports to its callback after step ``i`` (0-based) of ``total`` (K; ``None`` when the
-    number of steps is not known in advance, as for adaptive RK45): the step went from time ``t`` to ``s`` < t,
-    ``x`` is the new state x_s, ``x0`` the step's x̂₀ prediction (``None`` where the sampler forms none),
-    ``nfe`` the network evaluations so far and ``progress`` the fraction of the run done, in (0, 1]
-    ((i + 1)/K on a fixed grid, the default when ``total`` is given; for RK45 the fraction of ς = σ/α travelled).
-    Any sampler can report with it, e.g. ``callback(SamplerStep(i, K, t, s, x, None, nfe))``."""
-
-    i: int
-    total: int | None
-    t: Tensor
-    s: Tensor
-    x: Tensor
-    x0: Tensor | None
-    nfe: int
-    progress: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.progress is None:
-            if self.total is None:
-                raise ValueError("SamplerStep: progress is required when total is None")
-            object.__setattr__(self, "progress", (self.i + 1) / self.total)
-
-
-StepCallback = Callable[[SamplerStep], None]
-
-
-def _report(callback: StepCallback | None, i: int, total: int | None, t: Tensor, s: Tensor, x: Tensor,
-            x0: Tensor | None, nfe: int, progress: float | None = None) -> None:
-    """Call ``callback`` (if any) with step i's SamplerStep; ``progress`` defaults to (i + 1)/total."""
-    if callback is not None:
-        callback(SamplerStep(i, total, t, s, x, x0, nfe, progress))
-
-
-class _CountedEps:
-    """Wraps an ε-predictor: feeds it per-sample float64 times and counts its calls (the NFE)."""
-
-    def __init__(self, eps_fn: EpsFn, space: Space) -> None:
-        self.eps_fn, self.space, self.calls = eps_fn, space, 0
-
-    def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
-        self.calls += 1
-        t_b = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1).expand(self.space.batch_size)
-        eps = self.eps_fn(x, t_b)
-        if eps.shape != x.shape:
-            raise ValueError(f"eps_fn returned shape {tuple(eps.shape)} for a state of shape {tuple(x.shape)}")
-        return eps
-
-
-# ==================================================================================================
-# Time grids
-# ==================================================================================================
-def time_grid(schedule: NoiseSchedule, steps: int, kind: GridKind = "uniform", t_start: float | None = None) -> Tensor:
-    """A decreasing float64 grid t_0 = t_max > t_1 > … > t_K = t_min with K = ``steps`` intervals.
-
-    ``t_start`` < t_max starts the grid there instead (SDEdit, partial reverse processes).
-
-    ``uniform``: equal spacing in t; ``quadratic``: t spaced as u² for u uniform (DDIM's quadratic
-    sub-sequence, Song et al. 2021a); ``logsnr``: uniform in λ (Lu et al. 2022). For a discrete schedule the
-    grid is a sub-sequence of the integers {0, …, N} (any K ≤ N), made strictly decreasing by construction.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    lo, hi = float(schedule.t_min), float(schedule.t_max)
-    if t_start is not None:
-        if not lo < t_start <= hi:
-            raise ValueError(f"t_start must lie in ({lo}, {hi}], got {t_start}")
-        if schedule.num_steps is not None and float(t_start) != round(t_start):
-            raise ValueError(f"t_start must be an integer step for a discrete schedule, got {t_start}")
-        hi = float(t_start)
-    u = np.linspace(0.0, 1.0, steps + 1)
-    if kind == "uniform":
-        g = lo + (hi - lo) * u
-    elif kind == "quadratic":
-        g = lo + (hi - lo) * u**2
-    elif kind == "logsnr":
-        # λ at the data end may be +inf (σ(t_min) = 0): then space λ uniformly between the noise end and the
-        # first level with finite λ (t = 1 for a discrete schedule) and finish with one step to t_min.
-        def lam(t: float) -> float:
-            return float(schedule.log_snr(torch.tensor(t, dtype=torch.float64)))
-
-        t_first = lo
-        if not np.isfinite(lam(lo)):
-            t_first = 1.0 if schedule.num_steps is not None else lo + 1e-3 * (hi - lo)
-        n_inner = steps + 1 if t_first == lo else steps
-        g = schedule.time_at_log_snr(torch.tensor(np.linspace(lam(t_first), lam(hi), n_inner))).numpy()
-        if t_first != lo:
-            g = np.concatenate([[lo], g])
-        g[0], g[-1] = lo, hi
-    else:
-        raise ValueError(f"unknown grid kind {kind!r}; expected uniform, quadratic or logsnr")
-    if schedule.num_steps is not None:
-        n_max = int(round(hi))
-        if steps > n_max:
-            raise ValueError(f"a discrete schedule of {n_max} steps cannot be sampled in {steps} steps")
-        g = np.round(g).astype(np.int64)
-        g[0], g[-1] = 0, n_max
-        for i in range(1, steps):  # strictly increasing from the data end: push collisions up,
-            g[i] = max(g[i], g[i - 1] + 1)
-        for i in range(steps - 1, 0, -1):  # then down from N, which keeps both ends (K ≤ N)
-            g[i] = min(g[i], g[i + 1] - 1)
-        g = g.astype(np.float64)
-    grid = torch.tensor(g[::-1].copy(), dtype=torch.float64)
-    grid[0], grid[-1] = hi, lo
-    check_grid(schedule, grid)
-    return grid
-
-
-def check_grid(schedule: NoiseSchedule, grid: Tensor) -> None:
-    """Raise ValueError unless the grid is 1-D, strictly decreasing, inside [t_min, t_max], ending at t_min."""
-    if grid.dim() != 1 or grid.numel() < 2:
-        raise ValueError("time grid must be a 1-D tensor with at least 2 points")
-    if not torch.isfinite(grid).all():
-        raise ValueError("time grid contains NaN or inf")
-    if not (grid[1:] < grid[:-1]).all():
-        raise ValueError("time grid must be strictly decreasing (unique, monotone)")
-    schedule.check_time(grid)
-    if float(grid[-1]) != float(schedule.t_min):
-        raise ValueError(f"time grid must end exactly at the data end t_min = {schedule.t_min}, got {float(grid[-1])}")
-
-
-def prior_sample(schedule: NoiseSchedule, space: Space, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32) -> Tensor:
-    """x_T from the prior of ``space`` at the schedule's noise end: N(0, prior_std² I) (``Space.prior``; the torus
-    draws uniform angles)."""
-    return space.prior(schedule.prior_std, generator=generator, dtype=dtype)
-
-
-def _prepare(schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor) -> Tensor:
-    space.check(x, name="x_T")
-    if not torch.isfinite(x).all():
-        raise ValueError("x_T contains NaN or inf")
-    check_grid(schedule, grid)
-    return space.project(x)
-
-
-def _coef(value: Tensor, x: Tensor) -> Tensor:
-    """A float64 scalar coefficient as a 0-d tensor in x's dtype/device."""
-    return value.to(device=x.device, dtype=x.dtype)
 
 
 # ==================================================================================================

@@ -1,0 +1,82 @@
+"""Time grids for the samplers: decreasing float64 grids t_0 = t_max > … > t_K = t_min, and their check."""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .schedules import NoiseSchedule
+
+GridKind = Literal["uniform", "quadratic", "logsnr"]
+
+
+
+def time_grid(schedule: NoiseSchedule, steps: int, kind: GridKind = "uniform", t_start: float | None = None) -> Tensor:
+    """A decreasing float64 grid t_0 = t_max > t_1 > … > t_K = t_min with K = ``steps`` intervals.
+
+    ``t_start`` < t_max starts the grid there instead (SDEdit, partial reverse processes).
+
+    ``uniform``: equal spacing in t; ``quadratic``: t spaced as u² for u uniform (DDIM's quadratic
+    sub-sequence, Song et al. 2021a); ``logsnr``: uniform in λ (Lu et al. 2022). For a discrete schedule the
+    grid is a sub-sequence of the integers {0, …, N} (any K ≤ N), made strictly decreasing by construction.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    lo, hi = float(schedule.t_min), float(schedule.t_max)
+    if t_start is not None:
+        if not lo < t_start <= hi:
+            raise ValueError(f"t_start must lie in ({lo}, {hi}], got {t_start}")
+        if schedule.num_steps is not None and float(t_start) != round(t_start):
+            raise ValueError(f"t_start must be an integer step for a discrete schedule, got {t_start}")
+        hi = float(t_start)
+    u = np.linspace(0.0, 1.0, steps + 1)
+    if kind == "uniform":
+        g = lo + (hi - lo) * u
+    elif kind == "quadratic":
+        g = lo + (hi - lo) * u**2
+    elif kind == "logsnr":
+        # λ at the data end may be +inf (σ(t_min) = 0): then space λ uniformly between the noise end and the
+        # first level with finite λ (t = 1 for a discrete schedule) and finish with one step to t_min.
+        def lam(t: float) -> float:
+            return float(schedule.log_snr(torch.tensor(t, dtype=torch.float64)))
+
+        t_first = lo
+        if not np.isfinite(lam(lo)):
+            t_first = 1.0 if schedule.num_steps is not None else lo + 1e-3 * (hi - lo)
+        n_inner = steps + 1 if t_first == lo else steps
+        g = schedule.time_at_log_snr(torch.tensor(np.linspace(lam(t_first), lam(hi), n_inner))).numpy()
+        if t_first != lo:
+            g = np.concatenate([[lo], g])
+        g[0], g[-1] = lo, hi
+    else:
+        raise ValueError(f"unknown grid kind {kind!r}; expected uniform, quadratic or logsnr")
+    if schedule.num_steps is not None:
+        n_max = int(round(hi))
+        if steps > n_max:
+            raise ValueError(f"a discrete schedule of {n_max} steps cannot be sampled in {steps} steps")
+        g = np.round(g).astype(np.int64)
+        g[0], g[-1] = 0, n_max
+        for i in range(1, steps):  # strictly increasing from the data end: push collisions up,
+            g[i] = max(g[i], g[i - 1] + 1)
+        for i in range(steps - 1, 0, -1):  # then down from N, which keeps both ends (K ≤ N)
+            g[i] = min(g[i], g[i + 1] - 1)
+        g = g.astype(np.float64)
+    grid = torch.tensor(g[::-1].copy(), dtype=torch.float64)
+    grid[0], grid[-1] = hi, lo
+    check_grid(schedule, grid)
+    return grid
+
+
+def check_grid(schedule: NoiseSchedule, grid: Tensor) -> None:
+    """Raise ValueError unless the grid is 1-D, strictly decreasing, inside [t_min, t_max], ending at t_min."""
+    if grid.dim() != 1 or grid.numel() < 2:
+        raise ValueError("time grid must be a 1-D tensor with at least 2 points")
+    if not torch.isfinite(grid).all():
+        raise ValueError("time grid contains NaN or inf")
+    if not (grid[1:] < grid[:-1]).all():
+        raise ValueError("time grid must be strictly decreasing (unique, monotone)")
+    schedule.check_time(grid)
+    if float(grid[-1]) != float(schedule.t_min):
+        raise ValueError(f"time grid must end exactly at the data end t_min = {schedule.t_min}, got {float(grid[-1])}")

@@ -1,0 +1,99 @@
+"""The sampler contract shared by every solver: the output and per-step report types, the NFE-counting ε
+wrapper, the prior draw and the input checks (``sciddpm.samplers`` re-exports all of them)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .grids import check_grid
+from .objectives import EpsFn
+from .schedules import NoiseSchedule
+from .spaces import Space
+
+
+
+@dataclass
+class SamplerOutput:
+    """A sampler's result: the final state, the number of ε-network evaluations used and (set by
+    ``DiffusionModel.sample``) the space of the samples, which domains need to decode variable-size layouts."""
+
+    sample: Tensor
+    nfe: int
+    space: Space | None = None
+
+
+@dataclass(frozen=True)
+class SamplerStep:
+    """What a sampler reports to its callback after step ``i`` (0-based) of ``total`` (K; ``None`` when the
+    number of steps is not known in advance, as for adaptive RK45): the step went from time ``t`` to ``s`` < t,
+    ``x`` is the new state x_s, ``x0`` the step's x̂₀ prediction (``None`` where the sampler forms none),
+    ``nfe`` the network evaluations so far and ``progress`` the fraction of the run done, in (0, 1]
+    ((i + 1)/K on a fixed grid, the default when ``total`` is given; for RK45 the fraction of ς = σ/α travelled).
+    Any sampler can report with it, e.g. ``callback(SamplerStep(i, K, t, s, x, None, nfe))``."""
+
+    i: int
+    total: int | None
+    t: Tensor
+    s: Tensor
+    x: Tensor
+    x0: Tensor | None
+    nfe: int
+    progress: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.progress is None:
+            if self.total is None:
+                raise ValueError("SamplerStep: progress is required when total is None")
+            object.__setattr__(self, "progress", (self.i + 1) / self.total)
+
+
+StepCallback = Callable[[SamplerStep], None]
+
+
+def _report(callback: StepCallback | None, i: int, total: int | None, t: Tensor, s: Tensor, x: Tensor,
+            x0: Tensor | None, nfe: int, progress: float | None = None) -> None:
+    """Call ``callback`` (if any) with step i's SamplerStep; ``progress`` defaults to (i + 1)/total."""
+    if callback is not None:
+        callback(SamplerStep(i, total, t, s, x, x0, nfe, progress))
+
+
+class _CountedEps:
+    """Wraps an ε-predictor: feeds it per-sample float64 times and counts its calls (the NFE)."""
+
+    def __init__(self, eps_fn: EpsFn, space: Space) -> None:
+        self.eps_fn, self.space, self.calls = eps_fn, space, 0
+
+    def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
+        self.calls += 1
+        t_b = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1).expand(self.space.batch_size)
+        eps = self.eps_fn(x, t_b)
+        if eps.shape != x.shape:
+            raise ValueError(f"eps_fn returned shape {tuple(eps.shape)} for a state of shape {tuple(x.shape)}")
+        return eps
+
+
+def prior_sample(schedule: NoiseSchedule, space: Space, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """x_T from the prior of ``space`` at the schedule's noise end: N(0, prior_std² I) (``Space.prior``; the torus
+    draws uniform angles)."""
+    return space.prior(schedule.prior_std, generator=generator, dtype=dtype)
+
+
+def _prepare(schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor) -> Tensor:
+    space.check(x, name="x_T")
+    if not torch.isfinite(x).all():
+        raise ValueError("x_T contains NaN or inf")
+    check_grid(schedule, grid)
+    return space.project(x)
+
+
+def _coef(value: Tensor, x: Tensor) -> Tensor:
+    """A float64 scalar coefficient as a 0-d tensor in x's dtype/device."""
+    return value.to(device=x.device, dtype=x.dtype)
+
+
+# ==================================================================================================
+# Ancestral samplers
