@@ -2,8 +2,8 @@
 
 State: one standardised row of continuous sensor readings (tank levels, flows, pressures) in a DenseSpace
 [B, F]. Backbone: an MLP with a sinusoidal time embedding. Metrics: per-column mean/std error (in standard
-units) and sliced-W₂ to held-out rows. Options (``data:`` in the config): ``path`` (CSV with a header of
-numeric columns; default: the bundled BATADAL subset), ``val_fraction``, ``split_seed``. Backbone keys (``backbone:``):
+units) and sliced-W₂ to held-out rows. Options (``data:`` in the config): ``path`` (CSV with a header line of
+column names, required, and numeric columns; default: the bundled BATADAL subset), ``val_fraction``, ``split_seed``. Backbone keys (``backbone:``):
 ``TimeMLP``'s ``hidden``, ``layers``, ``t_scale``, ``emb``.
 
 Registered through the ``sciddpm.domains`` entry point ``tabular = "examples.tabular_domain:TabularDomain"`` in this
@@ -23,10 +23,19 @@ from torch.utils.data import TensorDataset
 from sciddpm.domain import Domain, constructor_keys
 from sciddpm.network_time import require_schedule
 from sciddpm.oracle import sliced_wasserstein2
+from sciddpm.outputs import atomic_path, require_suffix
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "tests" / "data" / "batadal_subset.csv"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 class TimeMLP(nn.Module):
@@ -51,6 +60,8 @@ class TabularDomain(Domain):
     """Standardised rows of a numeric CSV in a DenseSpace [B, F]; unconditional."""
 
     name = "tabular"
+    sample_suffixes = (".csv",)
+    min_eval_samples = 2  # the per-column standard deviations
 
     def data_keys(self) -> tuple[str, ...]:
         return ("path", "val_fraction", "split_seed")
@@ -64,7 +75,12 @@ class TabularDomain(Domain):
             raise ValueError(f"tabular data file not found: {path}")
         with open(path, newline="") as fh:
             rows = list(csv.reader(fh))
+        if not rows or all(_is_number(v) for v in rows[0]):
+            raise ValueError(f"{path}: the first line must be a header of column names (it is empty or numbers)")
         self.columns = self.options["columns"] = rows[0]
+        for line, r in enumerate(rows[1:], start=2):
+            if r and len(r) != len(rows[0]):
+                raise ValueError(f"{path}: line {line} has {len(r)} values; the header names {len(rows[0])} columns")
         try:
             data = torch.tensor([[float(v) for v in r] for r in rows[1:] if r], dtype=torch.float32)
         except ValueError as exc:
@@ -108,7 +124,11 @@ class TabularDomain(Domain):
         self.columns = self.options.get("columns", [f"x{i}" for i in range(len(self.mean))])
 
     def write_samples(self, path: Path, samples: Tensor, space: Any = None) -> None:
-        with open(path, "w", newline="") as fh:
+        require_suffix(path, self.sample_suffixes)
+        if samples.dim() != 2 or samples.shape[1] != len(self.columns) or len(self.columns) != len(self.mean):
+            raise ValueError(f"{path}: samples of shape {tuple(samples.shape)} do not match the model's "
+                             f"{len(self.columns)} column names and {len(self.mean)} features")
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
             csv.writer(fh).writerows([self.columns] + (samples.cpu().float() * self.std + self.mean).tolist())
 
     def plot_samples(self, path: Path, samples: Tensor, space: Any = None) -> None:
@@ -125,9 +145,11 @@ class TabularDomain(Domain):
         axes[1].boxplot(samples.cpu().float().numpy(), showfliers=False)
         axes[1].set_title("standardised sample columns")
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.92, wspace=0.25)  # no tight_layout: one draw
-        fig.savefig(path, dpi=80, format="png")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
 
     def evaluate(self, samples: Tensor, space: Any = None) -> dict[str, float]:
+        self.check_eval_count(len(samples))
         val, s = self.val_dataset(self.options).tensors[0].double(), samples.detach().cpu().double()
         m = min(len(val), len(s))
         return {"mean_abs_error": float((s.mean(0) - val.mean(0)).abs().mean()),

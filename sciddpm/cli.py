@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 
 from .likelihood import elbo, ode_log_likelihood
 from .oracle import GaussianMixture, sliced_wasserstein2
+from .outputs import atomic_path
 from .samplers import get_sampler, prior_sample, time_grid
 from .schedules import LinearSchedule
 from .spaces import DenseSpace
@@ -41,6 +43,12 @@ def demo_mixture() -> GaussianMixture:
         torch.tensor([[-2.0, 0.0], [1.5, 1.0], [0.5, -2.0]]),
         torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.2, -0.05], [-0.05, 0.4]], [[0.15, 0.0], [0.0, 0.15]]]),
     )
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON at ``path``, atomically; NaN/inf are refused (ValueError), never written."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, allow_nan=False) + "\n")
 
 
 def run_domain_demo(domain: str, output: Path, max_steps: int = 500, seed: int = 0, n_samples: int = 200) -> dict:
@@ -57,17 +65,20 @@ def run_domain_demo(domain: str, output: Path, max_steps: int = 500, seed: int =
 
     print(f"[demo] training {domain} for {steps} steps on its bundled data → {run}", flush=True)
     start = time.perf_counter()
-    fit(cfg, run, progress=sys.stderr.isatty())
+    fit(cfg, run, progress=True, overwrite=True)  # the demo's folder is scratch space: a rerun starts over
     train_s = time.perf_counter() - start
     model = load(run / "export")
-    out = model.sample(n, sampler="ddpm", steps=100, seed=seed)
+    out = model.sample(n, sampler="ddpm", steps=100, seed=seed, progress=True)
     metrics = model.domain.evaluate(out.sample, out.space)
     samples_file = run / f"samples{getattr(model.domain, 'sample_suffix', '.csv')}"
     model.domain.write_samples(samples_file, out.sample, out.space)
+    for suffix in model.domain.sample_suffixes or ():  # every format the domain writes (e.g. SDF and XYZ)
+        if suffix not in (samples_file.suffix, ".png"):
+            model.domain.write_samples(samples_file.with_suffix(suffix), out.sample, out.space)
     model.domain.plot_samples(run / "samples.png", out.sample, out.space)
     report = {"domain": domain, "train_steps": steps, "train_seconds": round(train_s, 1), "sampler": "ddpm",
               "steps": 100, "nfe": out.nfe, "n": n, "metrics": metrics}
-    (run / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(run / "metrics.json", report)
     print(f"[demo] {domain}: trained in {train_s:.0f} s; metrics of {n} DDPM samples: {json.dumps(metrics)}")
     print(f"[demo] (a {steps}-step CPU demonstration on bundled data: expect low quality; real runs use "
           f"`sciddpm train --domain {domain} --data-path ...` for many more steps)")
@@ -107,7 +118,7 @@ def run_demo(output: Path, n: int = 4000, seed: int = 0) -> dict:
     print(f"noise floor (sliced-W2 between two exact sample sets): {floor:.4f}")
     report = {"problem": "2-D Gaussian mixture, linear schedule N=1000, exact score", "n": n,
               "noise_floor_sliced_w2": floor, "rows": rows, "likelihood": likelihood}
-    (output / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(output / "demo.json", report)
     _plot(output / "demo.png", exact, shown)
     print(f"wrote {output / 'demo.json'} and {output / 'demo.png'}")
     return report
@@ -126,10 +137,11 @@ def _plot(path: Path, exact: torch.Tensor, samples: dict[str, torch.Tensor]) -> 
         ax.set_title(title)
         ax.set_aspect("equal")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
                       ("checkpoint-every", int), ("noise-shards", int), ("precision", str), ("ema-decay", float),
                       ("log-every", int)):
         train.add_argument(f"--{flag}", type=typ, dest=flag.replace("-", "_"))
+    train.add_argument("--overwrite", action="store_true",
+                       help="start a fresh run in a non-empty --output (removes that folder's earlier run)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="show a progress bar (default: when stderr is a terminal)")
+                       help="report progress on stderr: a bar on a terminal, a line every 10 s otherwise "
+                            "(SCIDDPM_PROGRESS_EVERY seconds; default: on)")
 
     for name, text in (("sample", "draw samples from an export folder or checkpoint"),
                        ("evaluate", "sample and write the domain's metrics as JSON")):
@@ -201,7 +216,7 @@ def run_estimate_variance(args: argparse.Namespace) -> None:
     if args.batches < 1 or args.batch_size < 1 or args.num_times < 2:
         raise ValueError("--batches and --batch-size must be >= 1 and --num-times >= 2")
     model = load(args.model)
-    table = model.estimate_gamma(args.batches, args.batch_size, args.num_times, args.seed)
+    table = model.estimate_gamma(args.batches, args.batch_size, args.num_times, args.seed, progress=True)
     save_variances(args.model, table.state_dict())
     worst = float((table.stderr / (1 - table.gamma).abs().clamp_min(1e-12)).max())
     print(f"estimated Gamma at {len(table.t)} times from {args.batches}x{args.batch_size} training samples; "
@@ -212,14 +227,11 @@ _TRAIN_FLAGS = ("max_steps", "max_time", "devices", "num_nodes", "accelerator", 
                 "seed", "checkpoint_every", "noise_shards", "precision", "ema_decay", "log_every")
 
 
-def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
-
-
 def run_train(args: argparse.Namespace) -> None:
     """``sciddpm train``: config file + flags, or the run folder's saved config on ``--resume``."""
     from .config import config_from_dict, load_config, read_config_file
-    from .training import fit, latest_checkpoint
+    from .runs import resume_command
+    from .training import TrainingInterrupted, fit, latest_checkpoint
 
     overrides = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
     if args.domain:
@@ -233,7 +245,8 @@ def run_train(args: argparse.Namespace) -> None:
             raise ValueError(f"cannot resume: {saved} not found")
         values = read_config_file(saved)
         values.update(overrides)
-        cfg = config_from_dict(values, str(saved))
+        # a --config given with --resume must match the run's (fit lists the differences that may not change)
+        cfg = load_config(args.config, overrides) if args.config else config_from_dict(values, str(saved))
         resume = latest_checkpoint(args.output) if args.resume == "latest" else Path(args.resume)
         if not resume.is_file():
             raise ValueError(f"checkpoint not found: {resume}")
@@ -245,14 +258,14 @@ def run_train(args: argparse.Namespace) -> None:
 
     domain_class(cfg.domain)  # a misspelt domain fails before anything is written
     output = args.output or Path("runs") / cfg.domain
-    fresh = not output.exists()
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    try:
-        fit(cfg, output, resume=resume, progress=progress)
-    except BaseException:
-        if fresh and output.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
-            shutil.rmtree(output, ignore_errors=True)
-        raise
+    progress = True if args.progress is None else args.progress
+    try:  # a run folder is only ever removed by the user: an interrupt keeps everything written so far
+        fit(cfg, output, resume=resume, progress=progress, overwrite=args.overwrite)
+    except TrainingInterrupted as stop:
+        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+            print(f"sciddpm: training stopped by {signal.Signals(stop.signum).name} at step {stop.step}; checkpoint "
+                  f"{stop.checkpoint} kept; continue with: {resume_command(output)}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + stop.signum) from None  # 130 (SIGINT) / 143 (SIGTERM), as a shell reports them
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         print(f"trained {cfg.domain}: wrote {output / 'export'} and {output / 'loss.png'}")
 
@@ -260,40 +273,41 @@ def run_train(args: argparse.Namespace) -> None:
 def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
     """``sciddpm sample`` / ``sciddpm evaluate``: samples in the domain's format + PNG, or metrics JSON."""
     from .export import load
+    from .outputs import check_output
 
     conditions = parse_assignments(args.condition, "--condition", arrays=True)
     options = parse_assignments(args.sampler_option, "--sampler-option", arrays=False)
     model = load(args.model)
     conditions = model.domain.check_conditions(conditions)
+    # every output path is checked before any sampling: extension (format), folder, writable
+    check_output(args.output, None if evaluate else model.domain.sample_suffixes)
+    png = args.output.with_suffix(".png")
+    if evaluate:
+        model.domain.check_eval_count(args.n)
+    elif png != args.output:
+        check_output(png)
     guidance = None
     if args.guidance_scale is not None:
         from .guidance import ClassifierFree
 
         guidance = ClassifierFree(args.guidance_scale)
     out = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, grid=args.grid,
-                       progress=sys.stderr.isatty(), variance=args.variance, conditions=conditions or None,
+                       progress=True, variance=args.variance, conditions=conditions or None,
                        guidance=guidance, **options)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     if evaluate:
         metrics = {"model": str(args.model), "sampler": args.sampler, "variance": args.variance, "steps": args.steps,
                    "nfe": out.nfe, "n": args.n, "seed": args.seed, "conditions": list(args.condition),
                    "guidance_scale": args.guidance_scale, "sampler_options": options,
                    "metrics": model.domain.evaluate(out.sample, out.space)}
-        tmp = _tmp_for(args.output)
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        tmp.replace(args.output)
+        bad = [k for k, v in metrics["metrics"].items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"metrics {bad} of {args.n} samples are not finite; nothing written to {args.output}")
+        write_json(args.output, metrics)
         print(json.dumps(metrics["metrics"]))
         return
-    png = args.output.with_suffix(".png")
-    tmp, tmp_png = _tmp_for(args.output), _tmp_for(png)
-    try:
-        model.domain.write_samples(tmp, out.sample, out.space)
-        model.domain.plot_samples(tmp_png, out.sample, out.space)
-        tmp.replace(args.output)
-        tmp_png.replace(png)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_png.unlink(missing_ok=True)
+    model.domain.write_samples(args.output, out.sample, out.space)  # writers go through outputs.atomic_path
+    if png != args.output:
+        model.domain.plot_samples(png, out.sample, out.space)
     print(f"wrote {args.n} samples to {args.output} and {png} ({args.sampler}, {out.nfe} network evaluations)")
 
 

@@ -74,6 +74,17 @@ class Domain(ABC):
     #: the last reverse step (Bao et al. 2022); None where the domain has no such bound.
     data_range: tuple[Any, Any] | None = None
     resolution: float | None = None
+    #: The file extensions ``write_samples`` writes, each its own format (the CLI checks an output path against
+    #: them before sampling); None: the domain does not declare them (unchecked).
+    sample_suffixes: tuple[str, ...] | None = None
+    #: The fewest samples ``evaluate`` accepts (2 where a metric needs a standard deviation or a covariance).
+    min_eval_samples: int = 1
+
+    def check_eval_count(self, n: int) -> None:
+        """One-line ValueError when ``n`` samples are too few for ``evaluate``'s metrics (``min_eval_samples``)."""
+        if n < self.min_eval_samples:
+            raise ValueError(f"domain {self.name!r}: evaluate needs at least {self.min_eval_samples} samples "
+                             f"(its metrics include spreads of the samples), got n={n}")
 
     @abstractmethod
     def train_dataset(self, options: dict[str, Any]) -> Dataset:
@@ -138,11 +149,12 @@ class Domain(ABC):
     # domain whose states have a variable layout (graphs) decodes them with it; fixed-shape domains ignore it.
     @abstractmethod
     def write_samples(self, path: Path, samples: Tensor, space: Space | None = None) -> None:
-        """Write samples in the domain's own file format."""
+        """Write samples in the format that ``path``'s extension names (one of ``sample_suffixes``; another is a
+        ValueError), through ``sciddpm.outputs.atomic_path`` so that no half-written file is ever left."""
 
     @abstractmethod
     def plot_samples(self, path: Path, samples: Tensor, space: Space | None = None) -> None:
-        """Draw samples to a PNG."""
+        """Draw samples to a PNG (written through ``sciddpm.outputs.atomic_path``)."""
 
     @abstractmethod
     def evaluate(self, samples: Tensor, space: Space | None = None) -> dict[str, float]:

@@ -9,7 +9,6 @@ else: a version-1 export is refused (re-export it), and so is a version newer th
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from .config import check_keys, config_from_dict
 from .domain import Domain, domain_class, domain_spec
 from .model import DiffusionModel
 from .objectives import PARAMETERIZATIONS
+from .outputs import atomic_folder
 from .schedules import NoiseSchedule, schedule_from_config
 
 EXPORT_FORMAT = "sciddpm-export"
@@ -65,18 +65,10 @@ def _write_export(path: Path, tensors: dict[str, Tensor], config: dict) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": EXPORT_FORMAT})
-    config = {**config, "weights_sha256": _sha256(tmp / "model.safetensors")}
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(path) as tmp:  # removed again if anything below fails; files get the ordinary mode
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": EXPORT_FORMAT})
+        config = {**config, "weights_sha256": _sha256(tmp / "model.safetensors")}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return path
 
 

@@ -121,9 +121,12 @@ class DiffusionModel:
         return variance_table(self.schedule, grid, table, eta=eta, data_range=self.domain.data_range,
                               last_step_resolution=self.domain.resolution)
 
-    def estimate_gamma(self, batches: int = 8, batch_size: int = 64, num_times: int = 100, seed: int = 0):
+    def estimate_gamma(self, batches: int = 8, batch_size: int = 64, num_times: int = 100, seed: int = 0,
+                       progress: bool = False):
         """Γ_t = E‖ε̂‖²/d (Analytic-DPM) over ``batches`` training batches at ``num_times`` times (every step for
-        a discrete schedule of ≤ num_times steps, else an even grid); returns a ``GammaTable``."""
+        a discrete schedule of ≤ num_times steps, else an even grid); returns a ``GammaTable``. ``progress``
+        reports the network evaluations done (``sciddpm.progress.Progress``: a bar, or lines in a log)."""
+        from .progress import Progress
         from .variances import estimate_gamma
 
         data = self.domain.train_dataset(self.domain.options)
@@ -148,7 +151,8 @@ class DiffusionModel:
                 yield x0, space, eps_predictor(self.net, sch, space, self.parameterization, **cond)
 
         gen = torch.Generator(device=device).manual_seed(seed + 1)
-        return estimate_gamma(None, sch, batches_iter(), times, generator=gen)
+        with Progress(len(pairs) * len(times), "estimate Gamma", unit="eval", enabled=progress) as report:
+            return estimate_gamma(None, sch, batches_iter(), times, generator=gen, callback=report.update)
 
 
 def _move(batch: Any, device: torch.device) -> Any:

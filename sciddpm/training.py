@@ -16,7 +16,6 @@ k devices (S divisible by k) draws exactly the noise of a 1-device run with a k-
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -29,7 +28,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -38,7 +36,10 @@ from .config import TrainConfig, check_domain_config, config_from_dict, load_con
 from .domain import Domain, domain_class
 from .model import DiffusionModel
 from .objectives import denoising_loss
+from .outputs import atomic_path
+from .runs import METRICS_CSV, check_resume_config, check_run_folder, stored_config, trim_history, write_config
 from .schedules import schedule_from_config
+from .train_callbacks import GracefulStop, RunLogger, TrainingInterrupted, TrainProgress
 
 # ==================================================================================================
 # Lightning module and data
@@ -121,19 +122,25 @@ class DiffusionModule(L.LightningModule):
         fused = all(p.is_cuda for p in self.net.parameters())
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                 fused=fused or None)
-        warm, total, floor = self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio
-        cosine = self.cfg.lr_schedule == "cosine"
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if not cosine:
-                return 1.0
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        factor = WarmupCosine(self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio,
+                              self.cfg.lr_schedule == "cosine")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)  # saves factor's state in checkpoints
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """After a checkpoint is restored: the learning rate of the next step is base·λ(global step), with λ's
+        horizon moved to the current ``max_steps`` (``WarmupCosine.retarget``)."""
+        sched = self.lr_schedulers()
+        if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+            return
+        step = self.global_step
+        for factor in sched.lr_lambdas:
+            if isinstance(factor, WarmupCosine):
+                factor.retarget(step, self.cfg.max_steps)
+        sched.last_epoch = step
+        for group, base, factor in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * factor(step)
+        sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ema_state"] = {k: v.detach().clone() for k, v in self.ema.state_dict().items()}
@@ -148,6 +155,45 @@ class DiffusionModule(L.LightningModule):
     def ema_model(self) -> DiffusionModel:
         """The EMA network as a samplable model (shares the module's EMA weights)."""
         return DiffusionModel(self.domain, self.ema, self.schedule, self.cfg.parameterization, asdict(self.cfg))
+
+
+class WarmupCosine:
+    """The learning-rate factor λ(s) of optimiser step s (0-based): linear warm-up λ = (s + 1)/W for s < W, then a
+    half cosine from 1 down to the floor m = ``min_lr_ratio`` at the horizon T = ``max_steps`` (Loshchilov &
+    Hutter 2017, SGDR, without restarts): λ = m + (1 − m)·½(1 + cos(π·min(1, (s − W)/(T − W)))); ``cosine=False``:
+    λ = 1 after warm-up.
+
+    A resume that changes T (``retarget(s₀, T′)``, e.g. a longer ``--max-steps``) never makes the rate jump: from
+    s₀ on, λ(s) = m + (λ(s₀) − m)·½(1 + cos(π·min(1, (s − s₀)/(T′ − s₀)))), a new half cosine that starts at the
+    rate reached at s₀ and ends at the floor at T′. A retarget during warm-up only moves T (the cosine has not
+    started; warm-up is untouched). A callable object, so ``LambdaLR`` stores this state in checkpoints."""
+
+    def __init__(self, warmup: int, total: int, floor: float, cosine: bool = True) -> None:
+        self.warmup, self.total, self.floor, self.cosine = int(warmup), int(total), float(floor), bool(cosine)
+        self.restart_step: int | None = None
+        self.restart_value = 1.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if not self.cosine:
+            return 1.0
+        if self.restart_step is not None and step >= self.restart_step:
+            start, top = self.restart_step, self.restart_value
+        else:
+            start, top = self.warmup, 1.0
+        progress = min(1.0, (step - start) / max(1, self.total - start))
+        return self.floor + (top - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def retarget(self, step: int, total: int) -> None:
+        """Move the horizon to ``total`` at optimiser step ``step`` (see the class text); a no-op if unchanged."""
+        if total == self.total or not self.cosine:
+            self.total = total
+            return
+        if step > self.warmup or self.restart_step is not None:
+            self.restart_value = self(step)
+            self.restart_step = step
+        self.total = total
 
 
 class SampleValidation(Callback):
@@ -252,22 +298,45 @@ def is_main_process() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
+def _checkpoint_config(path: Path) -> dict[str, Any]:
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]["config"])
+    except Exception as exc:  # unpickling errors, truncation, missing keys
+        raise ValueError(f"cannot read the config of checkpoint {path}: {str(exc).splitlines()[0]}") from None
+
+
 def fit(cfg: TrainConfig, output: Path, resume: Path | None = None, progress: bool = True,
-        callbacks: list[Callback] | None = None) -> DiffusionModule:
-    """Train ``cfg`` into ``output`` (checkpoints/, logs/, export/, loss.png); resume from a checkpoint path."""
+        callbacks: list[Callback] | None = None, overwrite: bool = False) -> DiffusionModule:
+    """Train ``cfg`` into ``output`` (checkpoints/, logs/, export/, loss.png); resume from a checkpoint path.
+
+    A fresh run refuses a non-empty ``output`` unless ``overwrite``; a resumed one refuses a config that differs
+    from the run's (``sciddpm.runs.check_resume_config``), continues the loss log and the learning-rate schedule
+    (``WarmupCosine.retarget``). SIGINT/SIGTERM end training after the current step with a checkpoint and raise
+    ``TrainingInterrupted`` (``GracefulStop``); nothing already written is removed. ``progress``: the training
+    report (a bar on a terminal, lines in a log)."""
     output = Path(output)
+    main = is_main_process()
+    if main:
+        check_run_folder(output, resume is not None and (output / "config.json").is_file(), overwrite)
+        if resume is not None:
+            stored = (stored_config(output) if (output / "config.json").is_file()
+                      else _checkpoint_config(Path(resume)))
+            check_resume_config(stored, asdict(cfg), output / "config.json")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     domain = domain_class(cfg.domain)(cfg.data)
     check_domain_config(cfg, domain)
     train_set = domain.train_dataset(cfg.data)
     module = DiffusionModule(asdict(cfg), domain=domain)
     data = DomainDataModule(domain, cfg, train_set)
-    if is_main_process():
+    if main:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        write_config(output, asdict(cfg))
+        if resume is not None:
+            trim_history(output / METRICS_CSV, checkpoint_step(Path(resume)))
     ckpt = ModelCheckpoint(dirpath=output / "checkpoints", filename="{step}", every_n_train_steps=cfg.checkpoint_every,
                            save_top_k=-1, save_last=False, auto_insert_metric_name=True)
-    callbacks = [ckpt, SampleValidation(cfg)] + list(callbacks or [])
+    stop = GracefulStop(output / "checkpoints")
+    callbacks = [ckpt, stop, TrainProgress(progress), SampleValidation(cfg)] + list(callbacks or [])
     if os.environ.get("SCIDDPM_RESUME_AUDIT"):
         callbacks.append(ResumeAudit(Path(os.environ["SCIDDPM_RESUME_AUDIT"])))
     if not progress:
@@ -284,16 +353,23 @@ def fit(cfg: TrainConfig, output: Path, resume: Path | None = None, progress: bo
         trainer = L.Trainer(max_steps=cfg.max_steps, max_time=_max_time(cfg.max_time), accelerator=cfg.accelerator,
                             devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
                             gradient_clip_val=cfg.grad_clip or None, precision="32-true",
-                            logger=CSVLogger(str(output), name="logs", version=0), callbacks=callbacks,
-                            plugins=[AtomicCheckpointIO()], enable_progress_bar=progress,
+                            logger=RunLogger(str(output), name="logs", version=0), callbacks=callbacks,
+                            plugins=[AtomicCheckpointIO()], enable_progress_bar=False,
                             enable_model_summary=False, log_every_n_steps=cfg.log_every, limit_val_batches=0,
                             num_sanity_val_steps=0, max_epochs=-1, use_distributed_sampler=False)
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+        stop.install()
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None,
+                        weights_only=True)  # resume never unpickles objects
+            if stop.signum is not None:  # the signal came after the last step: keep its state too
+                raise TrainingInterrupted(stop.signum, trainer.global_step, stop.save(trainer))
+        finally:
+            stop.uninstall()
     if trainer.is_global_zero:
         from .export import export_model
 
         export_model(module.ema_model(), output / "export")
-        plot_loss(output / "logs" / "version_0" / "metrics.csv", output / "loss.png")
+        plot_loss(output / METRICS_CSV, output / "loss.png")
     return module
 
 
@@ -316,11 +392,13 @@ def plot_loss(metrics_csv: Path, png: Path) -> None:
     ax.plot([int(r["step"]) for r in rows], [float(r["train_loss"]) for r in rows])
     ax.set(xlabel="step", ylabel="training loss", yscale="log", title="denoising loss")
     fig.tight_layout()
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(png)
+    try:
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)
 
 
 __all__ = ["TrainConfig", "DiffusionModule", "DiffusionModel", "DomainDataModule", "config_from_dict", "compile_network",
-           "load_config", "read_config_file", "fit", "latest_checkpoint", "checkpoint_step"]
+           "load_config", "read_config_file", "fit", "latest_checkpoint", "checkpoint_step", "TrainingInterrupted",
+           "WarmupCosine"]

@@ -77,17 +77,19 @@ class GammaTable:
 
 
 def estimate_gamma(eps_fn: EpsFn | None, schedule: NoiseSchedule, batches: Iterable[tuple], times: Tensor,
-                   generator: torch.Generator | None = None) -> GammaTable:
+                   generator: torch.Generator | None = None,
+                   callback: Callable[[int], None] | None = None) -> GammaTable:
     """Monte-Carlo Γ_t = E_{x₀, ε} ‖ε̂(α_t x₀ + σ_t ε, t)‖² / d over the data batches (Bao et al. 2022, eq. 8).
 
     ``batches`` yields (x₀, space) pairs of training data, or (x₀, space, ε-predictor) triples when the predictor
     depends on the batch (graph conditions); every batch is noised at every time in ``times``. Per-sample values
     ‖ε̂‖²/d are averaged over all samples; the standard error is their SD/√n.
+    ``callback(k)``, if given, is called after each of the k network evaluations (progress reports).
     """
     times = torch.as_tensor(times, dtype=torch.float64).flatten()
     sums = torch.zeros_like(times)
     sq_sums = torch.zeros_like(times)
-    count = 0
+    count = calls = 0
     for item in batches:
         x0, space = item[0], item[1]
         batch_eps = item[2] if len(item) > 2 else eps_fn
@@ -104,6 +106,9 @@ def estimate_gamma(eps_fn: EpsFn | None, schedule: NoiseSchedule, batches: Itera
             per_sample = space.mean_square_per_sample(eps_hat).to(torch.float64).cpu()
             sums[j] += per_sample.sum()
             sq_sums[j] += (per_sample**2).sum()
+            calls += 1
+            if callback is not None:
+                callback(calls)
         count += space.batch_size
     if count == 0:
         raise ValueError("estimate_gamma got no data batches")

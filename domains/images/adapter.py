@@ -41,6 +41,7 @@ from torch.utils.data import TensorDataset
 
 from sciddpm.domain import Domain, constructor_keys, per_sample_integers, register_domain
 from sciddpm.network_time import refuse_raw_time_config, require_schedule
+from sciddpm.outputs import atomic_path, require_suffix
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import DenseSpace
 
@@ -61,6 +62,8 @@ class ImagesDomain(Domain):
     data_range = (-1.0, 1.0)
     resolution = 2.0 / 255.0
     sample_suffix = ".npy"
+    sample_suffixes = (".npy", ".npz", ".png")
+    min_eval_samples = 2  # the Fréchet distance needs the samples' covariance
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -191,12 +194,20 @@ class ImagesDomain(Domain):
 
     # -- output -----------------------------------------------------------------------------------
     def write_samples(self, path: Path, samples: Tensor, space: Any = None) -> None:
-        """``path``: the samples as a float32 ``.npy`` array [N, 1, 28, 28] in [−1, 1] (written to exactly this
-        name); next to it ``<stem>_grid.png``, an 8-bit grid of the first 100."""
-        path = Path(path)
-        with open(path, "wb") as fh:
-            np.save(fh, samples.detach().cpu().float().numpy())
-        self.plot_samples(path.with_name(f"{path.stem}_grid.png"), samples)
+        """``path`` by its extension: ``.npy`` the samples as a float32 array [N, 1, 28, 28] in [−1, 1], ``.npz`` the
+        same array named ``samples`` (with the labels ``y`` of a class-conditional space), ``.png`` the 8-bit grid
+        of the first 100; any other extension is refused. Written to a temporary name, then renamed."""
+        suffix = require_suffix(path, self.sample_suffixes)
+        if suffix == ".png":
+            self.plot_samples(path, samples, space)
+            return
+        x = samples.detach().cpu().float().numpy()
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            if suffix == ".npy":
+                np.save(fh, x)
+            else:
+                y = (getattr(space, "condition", None) or {}).get("y")
+                np.savez(fh, samples=x, **({} if y is None else {"y": y.detach().cpu().numpy()}))
 
     def plot_samples(self, path: Path, samples: Tensor, space: Any = None, nrow: int = 10) -> None:
         """A grid of up to nrow² samples as an 8-bit greyscale PNG (pixels k = round((x + 1)·127.5))."""
@@ -206,7 +217,8 @@ class ImagesDomain(Domain):
         import matplotlib.pyplot as plt
 
         grid = image_grid(samples[: nrow * nrow], nrow)
-        plt.imsave(str(path), grid, cmap="gray", vmin=0, vmax=255, format="png")
+        with atomic_path(path) as tmp:
+            plt.imsave(str(tmp), grid, cmap="gray", vmin=0, vmax=255, format="png")
 
     def _eval_classifier(self):
         if self._classifier is None:
@@ -227,6 +239,7 @@ class ImagesDomain(Domain):
             samples, labels = samples
         elif "y" in condition:
             labels = condition["y"].cpu()
+        self.check_eval_count(len(samples))
         x = samples.detach().cpu().float().clamp(-1, 1)
         ref = self.val_dataset(self.options).tensors[0][: int(self.options.get("n_reference", 2000))]
         clf = self._eval_classifier()

@@ -48,6 +48,7 @@ from torch.utils.data import Dataset
 
 from sciddpm.domain import Domain, constructor_keys, per_sample_integers, register_domain
 from sciddpm.network_time import refuse_raw_time_config, require_schedule
+from sciddpm.outputs import atomic_path, require_suffix
 from sciddpm.schedules import NoiseSchedule
 from sciddpm.spaces import GraphSpace, ProductSpace, ZeroCoMSpace
 
@@ -148,6 +149,7 @@ class MoleculeNet(nn.Module):
 class MoleculesDomain(Domain):
     name = "molecules"
     sample_suffix = ".sdf"
+    sample_suffixes = (".sdf", ".xyz")
     default_schedule = EDM_SCHEDULE
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
@@ -359,11 +361,12 @@ class MoleculesDomain(Domain):
                 zip(torch.split(z[order], counts), torch.split(x[order, :3], counts))]
 
     def write_samples(self, path: Path, samples: Tensor | tuple[Tensor, Tensor], space: Any = None) -> None:
-        """SDF at ``path`` (EDM bonds, unsanitized, so unstable molecules are kept) and XYZ frames next to it
-        (``path`` with suffix ``.xyz``; for the CLI's temporary ``.NAME.tmp.sdf`` it is ``NAME.xyz``).
-        A conditional model's targets (the space's conditions, in physical units) become SDF data fields.
-        Molecules with non-finite coordinates are skipped, with a warning."""
+        """``path`` by its extension: ``.sdf`` (EDM bonds, unsanitized, so unstable molecules are kept; a conditional
+        model's targets, the space's conditions in physical units, become SDF data fields) or ``.xyz`` (one XYZ
+        frame per molecule); any other extension is refused. Molecules with non-finite coordinates are skipped,
+        with a warning. Written to a temporary name, then renamed."""
         path = Path(path)
+        suffix = require_suffix(path, self.sample_suffixes)
         mols = self.decode(samples, space)
         targets = self.sample_targets(space)
         keep = [k for k, m in enumerate(mols) if np.isfinite(m[1]).all() and len(m[0]) > 0]
@@ -371,12 +374,11 @@ class MoleculesDomain(Domain):
         if len(finite) < len(mols):
             log.warning("write_samples: skipped %d of %d molecules with non-finite coordinates",
                         len(mols) - len(finite), len(mols))
-        write_sdf(path, finite, None if targets is None else [targets[k] for k in keep])
-        name = path.stem
-        if name.startswith(".") and name.endswith(".tmp"):  # the CLI's temporary ``.NAME.tmp.sdf``: XYZ at NAME.xyz
-            name = name[1:-4]
-        xyz = path.with_name(name + ".xyz")
-        xyz.write_text("".join(xyz_block(z, p, f"sample {k}") for k, (z, p) in enumerate(finite)))
+        with atomic_path(path) as tmp:
+            if suffix == ".sdf":
+                write_sdf(tmp, finite, None if targets is None else [targets[k] for k in keep])
+            else:
+                tmp.write_text("".join(xyz_block(z, p, f"sample {k}") for k, (z, p) in enumerate(finite)))
 
     def sample_targets(self, space: Any) -> list[dict[str, float]] | None:
         """Each molecule's conditions in ``space`` as ``{property: value}`` in physical units (None when the model
@@ -410,8 +412,11 @@ class MoleculesDomain(Domain):
             ax.set_title(f"{len(z)} atoms", fontsize=9)
             ax.set_axis_off()
         fig.tight_layout()
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
+        try:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=80, format="png")
+        finally:
+            plt.close(fig)
 
     def evaluate(self, samples: Tensor | tuple[Tensor, Tensor], space: Any = None) -> dict[str, float]:
         """EDM's metrics: atom/molecule stability, validity, uniqueness (+ RDKit DetermineBonds validity)."""
