@@ -20,6 +20,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from .progress import Progress
@@ -35,16 +36,18 @@ class TrainingInterrupted(BaseException):
 
 
 class GracefulStop(Callback):
-    """SIGINT (Ctrl-C) and SIGTERM (batch schedulers) end training cleanly: the current optimiser step finishes,
-    ``step=N.ckpt`` is written through the trainer (the same state ``ModelCheckpoint`` saves, atomically) and
-    ``TrainingInterrupted`` is raised, which Lightning passes through its own exception path (``on_exception``
-    hooks, logger finalisation, teardown). A second signal stops at once (``KeyboardInterrupt``); the checkpoints
-    already written stay. Lightning's own SIGTERM handler is kept (composed with this one); its end-of-batch
-    ``SIGTERMException`` would exit with status 0 and does not cover SIGINT, hence this callback."""
+    """SIGINT (Ctrl-C) and SIGTERM (batch schedulers) end training cleanly, through Lightning's own stopping paths:
+    the current optimiser step finishes (with its log row and learning-rate update), then SIGINT sets
+    ``trainer.should_stop`` (the loop ends, ``on_train_end``) and SIGTERM takes Lightning's end-of-step
+    ``SIGTERMException`` (``on_exception``); in either hook ``step=N.ckpt`` is written through the trainer (atomic
+    checkpoint I/O). ``fit`` then raises ``TrainingInterrupted``: Lightning alone would exit 0 on SIGTERM and, on
+    SIGINT, stop mid-step with status 1 and no checkpoint. A second signal stops at once (``KeyboardInterrupt``);
+    the checkpoints already written stay. Lightning's SIGTERM handler is kept (it composes with this one)."""
 
     def __init__(self, dirpath: Path) -> None:
         self.dirpath = Path(dirpath)
         self.signum: int | None = None
+        self.checkpoint: Path | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -68,13 +71,22 @@ class GracefulStop(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.signum is not None:
-            raise TrainingInterrupted(self.signum, trainer.global_step, self.save(trainer))
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.signum is not None:
+            self.save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self.signum is not None and isinstance(exception, SIGTERMException):
+            self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> Path:
         """Write ``step=N.ckpt`` for the trainer's current step (unless it exists); returns its path."""
         path = self.dirpath / f"step={trainer.global_step}.ckpt"
         if not path.is_file():
             trainer.save_checkpoint(path, weights_only=False)  # the full state: optimiser, loops, callbacks
+        self.checkpoint = path
         return path
 
 

@@ -5,8 +5,11 @@
 * ``DiffusionModule``: trains any domain's backbone with ``objectives.denoising_loss`` (schedule,
   parameterization, weighting from the config), keeps EMA weights (saved in Lightning checkpoints and
   restored on resume), optional bf16 autocast around the network and ``torch.compile`` (``compile``), AdamW
-  (fused on CUDA) with linear warm-up and cosine decay.
-* ``fit``: builds the Trainer (CSV loss log, atomic periodic checkpoints, gradient clipping, DDP) and runs it.
+  (fused on CUDA) with linear warm-up and cosine decay (``WarmupCosine``, continuous across a resume that changes
+  ``max_steps``).
+* ``fit``: builds the Trainer (CSV loss log appended across resumes, atomic periodic checkpoints, gradient
+  clipping, DDP) and runs it; refuses a non-empty fresh run folder and a resume config that changes the model
+  (``sciddpm.runs``); SIGINT/SIGTERM stop after the current step with a checkpoint (``sciddpm.train_callbacks``).
 * exports and ``load`` live in ``sciddpm.export`` (safetensors + JSON, never unpickled).
 
 Random draws of the loss (t and ε) come from a generator seeded by (seed, global step, shard): with
@@ -19,6 +22,7 @@ import copy
 import logging
 import math
 import os
+import signal
 import warnings
 from dataclasses import asdict
 from datetime import timedelta
@@ -28,6 +32,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -170,30 +175,30 @@ class WarmupCosine:
 
     def __init__(self, warmup: int, total: int, floor: float, cosine: bool = True) -> None:
         self.warmup, self.total, self.floor, self.cosine = int(warmup), int(total), float(floor), bool(cosine)
-        self.restart_step: int | None = None
-        self.restart_value = 1.0
+        self.first_total = self.total  # the horizon of the first cosine
+        self.segments: list[list[float]] = []  # [s₀, λ(s₀), T′] of each retarget after warm-up
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
         if not self.cosine:
             return 1.0
-        if self.restart_step is not None and step >= self.restart_step:
-            start, top = self.restart_step, self.restart_value
-        else:
-            start, top = self.warmup, 1.0
-        progress = min(1.0, (step - start) / max(1, self.total - start))
+        start, top, total = self.warmup, 1.0, self.first_total
+        for s0, f0, t in self.segments:
+            if step >= s0:
+                start, top, total = int(s0), float(f0), int(t)
+        progress = min(1.0, (step - start) / max(1, total - start))
         return self.floor + (top - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def retarget(self, step: int, total: int) -> None:
         """Move the horizon to ``total`` at optimiser step ``step`` (see the class text); a no-op if unchanged."""
-        if total == self.total or not self.cosine:
-            self.total = total
+        if total == self.total:
             return
-        if step > self.warmup or self.restart_step is not None:
-            self.restart_value = self(step)
-            self.restart_step = step
-        self.total = total
+        if self.cosine and step > self.warmup:
+            self.segments.append([int(step), self(step), int(total)])
+        elif not self.segments:
+            self.first_total = int(total)
+        self.total = int(total)
 
 
 class SampleValidation(Callback):
@@ -361,10 +366,13 @@ def fit(cfg: TrainConfig, output: Path, resume: Path | None = None, progress: bo
         try:
             trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None,
                         weights_only=True)  # resume never unpickles objects
-            if stop.signum is not None:  # the signal came after the last step: keep its state too
-                raise TrainingInterrupted(stop.signum, trainer.global_step, stop.save(trainer))
+        except SIGTERMException:  # Lightning's end-of-step exit on SIGTERM (a SystemExit with status 0)
+            if stop.checkpoint is None:
+                raise
         finally:
             stop.uninstall()
+    if stop.checkpoint is not None:
+        raise TrainingInterrupted(stop.signum or signal.SIGTERM, checkpoint_step(stop.checkpoint), stop.checkpoint)
     if trainer.is_global_zero:
         from .export import export_model
 

@@ -48,7 +48,14 @@ def test_train_export_load_sample_write(tmp_path):
     assert x.shape == (4, 1, 28, 28) and x.abs().max() <= 1.0 + 1e-5
     model.domain.write_samples(tmp_path / "s.npy", x)
     assert np.load(tmp_path / "s.npy").shape == (4, 1, 28, 28)
-    assert (tmp_path / "s_grid.png").read_bytes()[:4] == b"\x89PNG"
+    model.domain.write_samples(tmp_path / "s.png", x)  # each extension is its own format, no side files
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    model.domain.write_samples(tmp_path / "s.npz", x)
+    with np.load(tmp_path / "s.npz") as npz:
+        assert np.array_equal(npz["samples"], np.load(tmp_path / "s.npy"))
+    with pytest.raises(ValueError, match=r"s\.csv has extension '\.csv'; this writer writes \.npy, \.npz, \.png"):
+        model.domain.write_samples(tmp_path / "s.csv", x)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("s", ".s"))) == ["s.npy", "s.npz", "s.png"]
     model.domain.plot_samples(tmp_path / "p.png", x)
     assert (tmp_path / "p.png").stat().st_size > 0
     metrics = model.domain.evaluate(x.clamp(-1, 1))

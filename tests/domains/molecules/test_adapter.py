@@ -56,7 +56,13 @@ def test_trains_exports_and_samples(trained, tmp_path):
     mols = [m for m in Chem.SDMolSupplier(str(sdf), sanitize=False, removeHs=False)]
     assert len(mols) == 4 and all(m is not None for m in mols)
     assert [m.GetNumAtoms() for m in mols] == torch.bincount(batch, minlength=4).tolist()
-    assert (tmp_path / "samples.xyz").read_text().count("sample ") == 4
+    # each extension is its own format: .xyz holds XYZ frames (no SDF text), other extensions are refused
+    model.domain.write_samples(tmp_path / "samples.xyz", res.sample, res.space)
+    xyz = (tmp_path / "samples.xyz").read_text()
+    assert xyz.count("sample ") == 4 and "$$$$" not in xyz and "M  END" not in xyz
+    with pytest.raises(ValueError, match=r"m\.pdb has extension '\.pdb'; this writer writes \.sdf, \.xyz"):
+        model.domain.write_samples(tmp_path / "m.pdb", res.sample, res.space)
+    assert not list(tmp_path.glob(".*")), "temporary files left behind"
     model.domain.plot_samples(tmp_path / "samples.png", res.sample, res.space)
     assert (tmp_path / "samples.png").stat().st_size > 0
     metrics = model.domain.evaluate(res.sample, res.space)
