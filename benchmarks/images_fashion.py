@@ -112,7 +112,7 @@ def train(args: argparse.Namespace, device: torch.device, backbone: dict, out: P
                             "precision": "bf16" if device.type == "cuda" else "32",
                             "accelerator": "gpu" if device.type == "cuda" else "cpu"})
     t0 = time.perf_counter()
-    module = fit(cfg, out, progress=False)
+    module = fit(cfg, out, progress=False, overwrite=True)  # the run folder is the benchmark's scratch space
     return int(module.global_step), time.perf_counter() - t0
 
 

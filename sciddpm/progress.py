@@ -63,7 +63,7 @@ class Progress:
         if enabled and self.tty:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=start, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(total=total, initial=start, desc=desc, unit=unit, file=self.stream)
 
     def rate(self) -> float:
         """Units per second done in this process so far (0 before the first)."""
@@ -91,10 +91,9 @@ class Progress:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.n = n
             if fields:
                 self._bar.set_postfix({k: _field(v) for k, v in self.fields.items()}, refresh=False)
-            self._bar.refresh()
+            self._bar.update(n - self._bar.n)  # redraws at most every 0.1 s (tqdm's mininterval)
             return
         now = time.monotonic()
         if self._printed_n is None or now - self._last >= self.every:
