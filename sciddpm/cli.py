@@ -71,10 +71,10 @@ def run_domain_demo(domain: str, output: Path, max_steps: int = 500, seed: int =
     out = model.sample(n, sampler="ddpm", steps=100, seed=seed, progress=True)
     metrics = model.domain.evaluate(out.sample, out.space)
     samples_file = run / f"samples{getattr(model.domain, 'sample_suffix', '.csv')}"
-    model.domain.write_samples(samples_file, out.sample, out.space)
-    for suffix in model.domain.sample_suffixes or ():  # every format the domain writes (e.g. SDF and XYZ)
-        if suffix not in (samples_file.suffix, ".png"):
-            model.domain.write_samples(samples_file.with_suffix(suffix), out.sample, out.space)
+    written = [samples_file] + [samples_file.with_suffix(s) for s in model.domain.sample_suffixes or ()
+                                if s not in (samples_file.suffix, ".png")]  # every format the domain writes
+    for path in written:
+        model.domain.write_samples(path, out.sample, out.space)
     model.domain.plot_samples(run / "samples.png", out.sample, out.space)
     report = {"domain": domain, "train_steps": steps, "train_seconds": round(train_s, 1), "sampler": "ddpm",
               "steps": 100, "nfe": out.nfe, "n": n, "metrics": metrics}
@@ -82,7 +82,8 @@ def run_domain_demo(domain: str, output: Path, max_steps: int = 500, seed: int =
     print(f"[demo] {domain}: trained in {train_s:.0f} s; metrics of {n} DDPM samples: {json.dumps(metrics)}")
     print(f"[demo] (a {steps}-step CPU demonstration on bundled data: expect low quality; real runs use "
           f"`sciddpm train --domain {domain} --data-path ...` for many more steps)")
-    print(f"[demo] wrote {samples_file}, {run / 'samples.png'}, {run / 'loss.png'}, {run / 'metrics.json'}")
+    print(f"[demo] wrote {', '.join(map(str, written))}, {run / 'samples.png'}, {run / 'loss.png'}, "
+          f"{run / 'metrics.json'}")
     return report
 
 
