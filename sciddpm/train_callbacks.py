@@ -52,8 +52,9 @@ class GracefulStop(Callback):
 
     def install(self) -> None:
         """Install the handlers (main thread only; call before ``Trainer.fit``, so Lightning composes its own)."""
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if threading.current_thread() is threading.main_thread():  # a signal ignored by the parent stays ignored
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+                              if signal.getsignal(sig) is not signal.SIG_IGN}
 
     def uninstall(self) -> None:
         """Restore the handlers found by ``install``."""
@@ -96,6 +97,7 @@ class TrainProgress(Callback):
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled, self.report, self._loss_time = enabled, None, 0.0
+        self._loss: Tensor | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.report = Progress(trainer.max_steps, "train", start=trainer.global_step,
@@ -108,12 +110,16 @@ class TrainProgress(Callback):
         fields = {}
         now = time.monotonic()
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, Tensor) and now - self._loss_time >= 0.5:  # .item() syncs a GPU: not every step
-            fields["loss"], self._loss_time = float(loss.detach()), now
+        if isinstance(loss, Tensor):
+            self._loss = loss.detach()
+            if now - self._loss_time >= 0.5:  # .item() syncs a GPU: not every step
+                fields["loss"], self._loss_time = float(self._loss), now
         self.report.update(trainer.global_step, **fields)
 
     def _close(self) -> None:
         if self.report is not None:
+            if self._loss is not None:
+                self.report.fields["loss"] = float(self._loss)  # the last line shows the last loss
             self.report.close()
             self.report = None
 
@@ -130,7 +136,7 @@ class _AppendingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as fh:
-                self.metrics_keys = sorted(next(csv.reader(fh), []))
+                self.metrics_keys = next(csv.reader(fh), [])  # appended rows follow the header as written
 
 
 class RunLogger(CSVLogger):
