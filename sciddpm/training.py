@@ -133,19 +133,13 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_train_start(self) -> None:
-        """After a checkpoint is restored: the learning rate of the next step is base·λ(global step), with λ's
-        horizon moved to the current ``max_steps`` (``WarmupCosine.retarget``)."""
+        """After a checkpoint is restored (``LambdaLR`` restores ``WarmupCosine``'s state): move λ's horizon to the
+        current ``max_steps`` (``WarmupCosine.retarget``), so a longer run continues the rate without a jump."""
         sched = self.lr_schedulers()
-        if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
-            return
-        step = self.global_step
-        for factor in sched.lr_lambdas:
-            if isinstance(factor, WarmupCosine):
-                factor.retarget(step, self.cfg.max_steps)
-        sched.last_epoch = step
-        for group, base, factor in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
-            group["lr"] = base * factor(step)
-        sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
+        if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+            for factor in sched.lr_lambdas:
+                if isinstance(factor, WarmupCosine):
+                    factor.retarget(self.global_step, self.cfg.max_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ema_state"] = {k: v.detach().clone() for k, v in self.ema.state_dict().items()}

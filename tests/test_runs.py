@@ -98,6 +98,19 @@ def test_interrupt_finishes_the_step_keeps_everything_and_resumes(tmp_path, one_
     assert (run / "export" / "model.safetensors").is_file() and (run / "loss.png").stat().st_size > 0
 
 
+def test_resume_from_a_periodic_checkpoint_keeps_the_schedule(tmp_path, one_thread):
+    """Lightning saves periodic checkpoints before the step's learning-rate update; a resume from one still uses
+    base·λ(s) at every step s (no off-by-one), and the log rows after the checkpoint are replaced, not doubled."""
+    run = tmp_path / "run"
+    fit(_cfg(max_steps=10), run, progress=False)
+    fit(_cfg(max_steps=10), run, resume=run / "checkpoints" / "step=5.ckpt", progress=False)
+    rows = _rows(run)
+    assert [int(r["step"]) for r in rows] == list(range(10))
+    rule = WarmupCosine(3, 10, 0.1)
+    for r in rows:
+        assert float(r["lr"]) == pytest.approx(2e-3 * rule(int(r["step"])), rel=1e-6, abs=0), r["step"]
+
+
 def _ckpts(folder: Path) -> list[Path]:
     return sorted(folder.glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
 
