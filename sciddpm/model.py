@@ -151,7 +151,7 @@ class DiffusionModel:
                 yield x0, space, eps_predictor(self.net, sch, space, self.parameterization, **cond)
 
         gen = torch.Generator(device=device).manual_seed(seed + 1)
-        with Progress(len(pairs) * len(times), "estimate Gamma", unit="eval", enabled=progress) as report:
+        with Progress(len(pairs) * len(times) or None, "estimate Gamma", unit="eval", enabled=progress) as report:
             return estimate_gamma(None, sch, batches_iter(), times, generator=gen, callback=report.update)
 
 

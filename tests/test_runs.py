@@ -329,6 +329,17 @@ def test_progress_lines_in_a_log():
     assert silent.getvalue() == ""
 
 
+def test_sampling_and_gamma_estimation_report_progress(export, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SCIDDPM_PROGRESS_EVERY", "3600")  # first and last line only
+    assert main(["sample", str(export), "--n", "4", "--steps", "7", "--output", str(tmp_path / "s.csv")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in err if line.startswith("[")] == [
+        "[ddpm sampling] step 1/7", "[ddpm sampling] step 7/7"]
+    assert main(["estimate-variance", str(export), "--batches", "2", "--batch-size", "8", "--num-times", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "[estimate Gamma] eval 10/10 (100%)" in err and "eval/s" in err
+
+
 def test_demo_reports_progress_to_a_file(tmp_path, capsys, one_thread):
     """`make demo > log`: training, sampling report lines on stderr although it is not a terminal."""
     assert main(["demo", "--domain", "tabular", "--output", str(tmp_path), "--max-steps", "3", "--n-samples", "8",
