@@ -59,8 +59,9 @@ def check_run_folder(output: Path, resume: bool, overwrite: bool = False) -> Non
 
 
 def config_differences(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
-    """``"key: stored → given"`` for every top-level config field whose values differ."""
-    keys = sorted(set(stored) | set(given))
+    """``"key: stored -> given"`` for every top-level config field whose values differ (fields that only one side
+    has, e.g. one added to ``TrainConfig`` after the run started, are not compared)."""
+    keys = sorted(set(stored) & set(given))
     return [f"{k}: {stored.get(k)!r} -> {given.get(k)!r}" for k in keys if stored.get(k) != given.get(k)]
 
 
