@@ -23,6 +23,8 @@ class SamplerOutput:
     sample: Tensor
     nfe: int
     space: Space | None = None
+    #: Sampler-specific diagnostics (rk45: its own and its check solve's NFE and the global-error estimate).
+    info: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,35 @@ def _report(callback: StepCallback | None, i: int, total: int | None, t: Tensor,
 
 
 class _CountedEps:
-    """Wraps an ε-predictor: feeds it per-sample float64 times and counts its calls (the NFE)."""
+    """Wraps an ε-predictor: feeds it per-sample float64 times, counts its calls (the NFE) and watches the state.
+
+    ``step(callback, i, total, t, s, x, x0)`` ends sampler step i: it records, on x's device and without a host
+    read, the first step whose state holds a NaN or inf, then reports to the callback; ``output(x)`` makes the
+    ``SamplerOutput`` and raises FloatingPointError naming that step. One host read per run, none per step (a
+    per-step ``isfinite`` check would synchronise an accelerator on every step).
+    """
 
     def __init__(self, eps_fn: EpsFn, space: Space) -> None:
         self.eps_fn, self.space, self.calls = eps_fn, space, 0
+        self.first_bad: Tensor | None = None
+
+    def step(self, callback: StepCallback | None, i: int, total: int | None, t: Tensor, s: Tensor, x: Tensor,
+             x0: Tensor | None, progress: float | None = None) -> None:
+        """Record whether step i left a non-finite state (device-side), then call ``_report``."""
+        bad = ~torch.isfinite(x).all()
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, i), self.first_bad)
+        _report(callback, i, total, t, s, x, x0, self.calls, progress)
+
+    def output(self, x: Tensor) -> SamplerOutput:
+        """The run's ``SamplerOutput``; FloatingPointError if any step produced a NaN or inf state."""
+        if self.first_bad is not None:
+            first = int(self.first_bad)
+            if first >= 0:
+                raise FloatingPointError(f"sampler state became NaN or inf at step {first} (0-based, after "
+                                         f"{self.calls} network evaluations): check the network, grid and guidance")
+        return SamplerOutput(x, self.calls)
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         self.calls += 1
