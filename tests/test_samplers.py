@@ -107,7 +107,7 @@ def run_sampler(label: str, eps_fn: EpsFn, schedule: NoiseSchedule, space: Space
 # ==================================================================================================
 # Time grids and input validation
 # ==================================================================================================
-@pytest.mark.parametrize("kind", ["uniform", "quadratic", "logsnr"])
+@pytest.mark.parametrize("kind", ["uniform", "quadratic", "logsnr", "karras"])
 def test_time_grid_shape_for_every_schedule_and_kind(schedule: NoiseSchedule, kind: str) -> None:
     """For every schedule and grid kind and a range of K: K + 1 unique, strictly decreasing points from exactly
     t_max to exactly t_min, inside [t_min, t_max]; on a discrete schedule the points are integers and K = N
@@ -128,7 +128,7 @@ def test_time_grid_shape_for_every_schedule_and_kind(schedule: NoiseSchedule, ki
             S.time_grid(schedule, n + 1, kind)
 
 
-@pytest.mark.parametrize("kind", ["uniform", "quadratic", "logsnr"])
+@pytest.mark.parametrize("kind", ["uniform", "quadratic", "logsnr", "karras"])
 def test_time_grid_small_discrete_schedule_every_k(kind: str) -> None:
     """On 10-step discrete schedules (linear with β up to 0.3, cosine), every K = 1..10 gives a valid integer
     grid (collisions from rounding are resolved without losing either end), and K = 11 raises."""
