@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .objectives import EpsFn, predict_x0
-from .sampler_base import SamplerOutput, StepCallback, _coef, _CountedEps, _prepare
+from .sampler_base import SamplerOutput, StepCallback, _CountedEps, _prepare
 from .schedules import NoiseSchedule
 from .spaces import Space
 
@@ -45,7 +46,7 @@ def _combine(space: Space, base: Tensor, terms: list[tuple[float, Tensor]], x: T
     """base + Σ c_k (a_k − base) for (c_k, a_k) in ``terms``, differences through ``Space.difference``."""
     out = base
     for c, a in terms:
-        out = out + _coef(torch.tensor(c, dtype=torch.float64), x) * space.difference(a, base)
+        out = out + float(c) * space.difference(a, base)
     return out
 
 
@@ -79,18 +80,19 @@ def _run_multistep(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tens
     prev: tuple | None = None  # what the corrector needs from the previous step
     for i in range(steps):
         t, s = grid[i], grid[i + 1]
-        x0 = predict_x0(eps_fn(x, t), x, _coef(alphas[i], x), _coef(sigmas[i], x))
+        x0 = predict_x0(eps_fn(x, t), x, float(alphas[i]), float(sigmas[i]))
         if corrector is not None and prev is not None:
             x = space.project(corrector(x0, *prev))
         x0s = [x0] + x0s[: order]
         p = _step_order(order, i, steps, lower_order_final)
         if float(sigmas[i + 1]) == 0.0:
             d0 = data_end_extrapolation(space, x0s[:p], taus[i::-1][:p], x)
-            x_new = _coef(alphas[i + 1], x) * d0
+            x_new = float(alphas[i + 1]) * d0
             prev = None
         else:
-            x_new = update(x, x0s[:p], lams[i::-1][:p], lams[i + 1], alphas[i + 1], sigmas[i + 1], sigmas[i])
-            prev = (x, x0s[:p], lams[i::-1][:p], lams[i + 1], alphas[i + 1], sigmas[i + 1], sigmas[i])
+            coefs = (lams[i + 1], float(alphas[i + 1]), float(sigmas[i + 1]), float(sigmas[i]))
+            x_new = update(x, x0s[:p], lams[i::-1][:p], *coefs)
+            prev = (x, x0s[:p], lams[i::-1][:p], *coefs)
         x = space.project(x_new)
         eps_fn.step(callback, i, steps, t, s, x, x0)
     return eps_fn.output(x)
@@ -99,8 +101,8 @@ def _run_multistep(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tens
 # ==================================================================================================
 # DPM-Solver++(2M/3M)
 # ==================================================================================================
-def _dpmpp_update(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: Tensor,
-                  sig_t: Tensor, sig_s: Tensor) -> Tensor:
+def _dpmpp_update(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: float,
+                  sig_t: float, sig_s: float) -> Tensor:
     """One DPM-Solver++ multistep step of order len(x0s) ∈ {1, 2, 3} (Lu et al. 2022b, Alg. 2 and App. B):
 
         x_t = (σ_t/σ_s) x − α_t φ₁ D₀ + α_t φ₂ D₁ − α_t φ₃ D₂,
@@ -112,13 +114,13 @@ def _dpmpp_update(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float],
     """
     h = lam_t - lams[0]
     phi1 = math.expm1(-h)
-    out = _coef(sig_t / sig_s, x) * x
+    out = (sig_t / sig_s) * x
     p = len(x0s)
     if p == 1:
-        return out - _coef(a_t * phi1, x) * x0s[0]
+        return out - (a_t * phi1) * x0s[0]
     r0 = (lams[0] - lams[1]) / h
     if p == 2:  # 2M: D = x̂₀ + (x̂₀ − x̂₀')/(2 r₀)
-        return out - _coef(a_t * phi1, x) * _combine(space, x0s[0], [(-1 / (2 * r0), x0s[1])], x)
+        return out - (a_t * phi1) * _combine(space, x0s[0], [(-1 / (2 * r0), x0s[1])], x)
     r1 = (lams[1] - lams[2]) / h
     phi2 = phi1 / h + 1
     phi3 = phi2 / h - 0.5
@@ -129,9 +131,8 @@ def _dpmpp_update(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float],
     d1 = [d10[k] + r0 / (r0 + r1) * diff[k] for k in range(2)]
     d2 = [diff[k] / (r0 + r1) for k in range(2)]
     c = [phi2 * d1[k] - phi3 * d2[k] for k in range(2)]
-    return out - _coef(a_t * phi1, x) * x0s[0] \
-        + _coef(a_t, x) * sum(_coef(torch.tensor(c[k], dtype=torch.float64), x) * space.difference(x0s[k + 1], x0s[0])
-                              for k in range(2))
+    return out - (a_t * phi1) * x0s[0] \
+        + a_t * sum(c[k] * space.difference(x0s[k + 1], x0s[0]) for k in range(2))
 
 
 def dpm_solver_pp(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, order: int = 3,
@@ -142,8 +143,8 @@ def dpm_solver_pp(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tenso
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
 
-    def update(x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: Tensor, sig_t: Tensor,
-               sig_s: Tensor) -> Tensor:
+    def update(x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: float, sig_t: float,
+               sig_s: float) -> Tensor:
         return _dpmpp_update(space, x, x0s, lams, lam_t, a_t, sig_t, sig_s)
 
     return _run_multistep(eps_fn, schedule, space, x, grid, order, lower_order_final, callback, update)
@@ -182,8 +183,8 @@ def unipc_coefficients(h: float, rks: list[float], variant: str) -> tuple[float,
     return b_h, b
 
 
-def _unipc_step(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: Tensor,
-                sig_t: Tensor, sig_s: Tensor, variant: str, x0_t: Tensor | None) -> Tensor:
+def _unipc_step(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: float,
+                sig_t: float, sig_s: float, variant: str, x0_t: Tensor | None) -> Tensor:
     """UniP-p (``x0_t`` None) or UniC-p (with the x̂₀ at the step's end) for p = len(x0s) (Zhao et al. 2023, Alg. 1–2):
 
         x_t = (σ_t/σ_s) x − α_t (e^{−h} − 1) x̂₀⁽⁰⁾ − α_t B(h) Σ_k ρ_k D_k,   D_k = (x̂₀⁽ᵏ⁾ − x̂₀⁽⁰⁾)/r_k,
@@ -192,7 +193,7 @@ def _unipc_step(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float], l
     the predictor's ρ solve R ρ = b on the earlier points (ρ = ½ for p = 2), the corrector's on all of them
     (ρ = ½ for p = 1)."""
     h = lam_t - lams[0]
-    base = _coef(sig_t / sig_s, x) * x - _coef(a_t * math.expm1(-h), x) * x0s[0]
+    base = (sig_t / sig_s) * x - (a_t * math.expm1(-h)) * x0s[0]
     p = len(x0s)
     rks = [(lams[k] - lams[0]) / h for k in range(1, p)]
     if x0_t is None:
@@ -202,19 +203,17 @@ def _unipc_step(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float], l
         if p == 2:
             rhos = [0.5]
         else:
-            rmat = torch.tensor([[r ** (k) for r in rks] for k in range(p - 1)], dtype=torch.float64)
-            rhos = torch.linalg.solve(rmat, torch.tensor(b[: p - 1], dtype=torch.float64)).tolist()
+            rhos = np.linalg.solve(np.array([[r**k for r in rks] for k in range(p - 1)]), np.array(b[: p - 1])).tolist()
         terms = [(rhos[k] / rks[k], x0s[k + 1]) for k in range(p - 1)]
     else:
         b_h, b = unipc_coefficients(h, rks + [1.0], variant)
         if p == 1:
             rhos = [0.5]
         else:
-            rmat = torch.tensor([[r ** k for r in rks + [1.0]] for k in range(p)], dtype=torch.float64)
-            rhos = torch.linalg.solve(rmat, torch.tensor(b, dtype=torch.float64)).tolist()
+            rhos = np.linalg.solve(np.array([[r**k for r in rks + [1.0]] for k in range(p)]), np.array(b)).tolist()
         terms = [(rhos[k] / rks[k], x0s[k + 1]) for k in range(p - 1)] + [(rhos[-1], x0_t)]
-    corr = sum(_coef(torch.tensor(c, dtype=torch.float64), x) * space.difference(a, x0s[0]) for c, a in terms)
-    return base - _coef(a_t * b_h, x) * corr
+    corr = sum(c * space.difference(a, x0s[0]) for c, a in terms)
+    return base - (a_t * b_h) * corr
 
 
 def unipc(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, order: int = 2,
@@ -231,12 +230,12 @@ def unipc(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid:
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
     unipc_coefficients(1.0, [1.0], variant)  # validates the variant before any evaluation
 
-    def update(x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: Tensor, sig_t: Tensor,
-               sig_s: Tensor) -> Tensor:
+    def update(x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: float, sig_t: float,
+               sig_s: float) -> Tensor:
         return _unipc_step(space, x, x0s, lams, lam_t, a_t, sig_t, sig_s, variant, None)
 
-    def correct(x0_t: Tensor, x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: Tensor,
-                sig_t: Tensor, sig_s: Tensor) -> Tensor:
+    def correct(x0_t: Tensor, x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: float,
+                sig_t: float, sig_s: float) -> Tensor:
         return _unipc_step(space, x, x0s, lams, lam_t, a_t, sig_t, sig_s, variant, x0_t)
 
     return _run_multistep(eps_fn, schedule, space, x, grid, order, lower_order_final, callback, update,

@@ -12,6 +12,7 @@ x̂₀ = (x_t − σ_t ε̂)/α_t.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable
 
@@ -46,11 +47,23 @@ def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
     steps = grid.numel() - 1
     variance_at = reverse_variance(schedule, variance, steps)
     eps_fn = _CountedEps(eps_fn, space)
+    # the posterior-mean coefficients of every step once, as host floats (no per-step schedule calls)
+    t_all, s_all = grid[:-1], grid[1:]
+    sig2_t, sig2_s = schedule.sigma_sq(t_all), schedule.sigma_sq(s_all)
+    c_x0 = (schedule.alpha(s_all) * schedule.skip_beta(s_all, t_all) / sig2_t).tolist()
+    c_xt = (schedule.skip_alpha(s_all, t_all) * sig2_s / sig2_t).tolist()
+    alpha, sigma, noisy = schedule.alpha(t_all).tolist(), sig2_t.sqrt().tolist(), (sig2_s > 0).tolist()
     for i in range(steps):
         t, s = grid[i], grid[i + 1]
         eps = eps_fn(x, t)
-        x, x0 = _ancestral(eps, schedule, space, x, t, s, variance_at(i, x, t, s, eps), generator=generator,
-                           clip_x0=clip_x0)
+        var = torch.as_tensor(variance_at(i, x, t, s, eps), dtype=torch.float64)
+        x0 = predict_x0(eps, x, alpha[i], sigma[i])
+        if clip_x0 is not None:
+            x0 = x0.clamp(*clip_x0)
+        mean = c_x0[i] * x0 + c_xt[i] * x
+        if noisy[i] and (var.device.type != "cpu" or bool((var > 0).any())):
+            mean = mean + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
+        x = space.project(mean)
         eps_fn.step(callback, i, steps, t, s, x, x0)
     return eps_fn.output(x)
 
@@ -86,12 +99,6 @@ def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor
                    generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None) -> Tensor:
     """One ancestral step t → s: x_s = μ̃(x_t, x̂₀) + v^{1/2} z with the posterior mean
     μ̃ = α_s β_{t|s}/σ_t² · x̂₀ + α_{t|s} σ_s²/σ_t² · x_t and x̂₀ = (x_t − σ_t ε̂)/α_t (no noise into σ_s = 0)."""
-    return _ancestral(eps, schedule, space, x, t, s, var, generator=generator, clip_x0=clip_x0)[0]
-
-
-def _ancestral(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor, t: Tensor, s: Tensor, var: Tensor, *,
-               generator: torch.Generator | None, clip_x0: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
-    """``ancestral_step`` returning (x_s, x̂₀)."""
     sig2_t, sig2_s = schedule.sigma_sq(t), schedule.sigma_sq(s)
     b_ts = schedule.skip_beta(s, t)
     x0 = predict_x0(eps, x, _coef(schedule.alpha(t), x), _coef(sig2_t.sqrt(), x))
@@ -101,7 +108,7 @@ def _ancestral(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor, t:
     var = torch.as_tensor(var, dtype=torch.float64)
     if float(sig2_s) > 0 and bool((var > 0).any()):
         mean = mean + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
-    return space.project(mean), x0
+    return space.project(mean)
 
 
 def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, eta: float = 0.0,
@@ -126,21 +133,27 @@ def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
     steps = grid.numel() - 1
     variance_at = reverse_variance(schedule, variance, steps) if variance is not None else None
     eps_fn = _CountedEps(eps_fn, space)
+    # every coefficient once, as host floats: no per-step schedule calls or host→device copies
+    alpha, sigma, sig2 = schedule.alpha(grid).tolist(), schedule.sigma(grid).tolist(), schedule.sigma_sq(grid)
+    post = torch.zeros(steps, dtype=torch.float64)
+    inner = sig2[1:] > 0
+    if bool(inner.any()):
+        post[inner] = schedule.posterior_variance(grid[1:][inner], grid[:-1][inner])
+    c2 = (eta**2 * post).tolist()
+    keep = (sig2[1:] - eta**2 * post).clamp_min(0).sqrt().tolist()
     for i in range(steps):
         t, s = grid[i], grid[i + 1]
         eps = eps_fn(x, t)
         var = variance_at(i, x, t, s, eps) if variance_at is not None else None
-        x0 = predict_x0(eps, x, _coef(schedule.alpha(t), x), _coef(schedule.sigma(t), x))
+        x0 = predict_x0(eps, x, alpha[i], sigma[i])
         if clip_x0 is not None:
             x0 = x0.clamp(*clip_x0)
-            eps = (x - _coef(schedule.alpha(t), x) * x0) / _coef(schedule.sigma(t), x)
-        sig2_s = schedule.sigma_sq(s)
-        c2 = eta**2 * schedule.posterior_variance(s, t) if float(sig2_s) > 0 else torch.zeros((), dtype=torch.float64)
-        x = _coef(schedule.alpha(s), x) * x0 + _coef((sig2_s - c2).clamp_min(0).sqrt(), x) * eps
+            eps = (x - alpha[i] * x0) / sigma[i]
+        x = alpha[i + 1] * x0 + keep[i] * eps
         if var is None:
-            if float(c2) > 0:
-                x = x + _coef(c2.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
-        elif float(sig2_s) > 0 and bool((var > 0).any()):
+            if c2[i] > 0:
+                x = x + math.sqrt(c2[i]) * space.noise(generator=generator, dtype=x.dtype)
+        elif bool(inner[i]) and bool((var > 0).any()):
             x = x + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
         x = space.project(x)
         eps_fn.step(callback, i, steps, t, s, x, x0)
