@@ -3,7 +3,8 @@
 For each domain a small model is trained here on CPU from the committed test subsets (``tests/data``: 300
 Fashion-MNIST training images; the QM9 subset), exported, and then sampled with UniPC (bh2, order 2) at 10
 and 20 network evaluations on the uniform, quadratic and optimised grids — same model,
-same x_T (seed 0). (DPM-Solver++(3M) rows were left out to keep the CPU run within minutes.) The optimised grid comes from ``sciddpm optimise-grid``'s code path
+same x_T (seed 0); DPM-Solver++(3M) rows were left out to keep the CPU run within minutes. The optimised grid
+comes from ``sciddpm optimise-grid``'s code path
 (``DiffusionModel.optimise_grid``: pathwise error against the model's own RK45 endpoint on 64 *other* prior
 draws, seed 1234), is saved in the export (``variance.grid.<sampler>.<K>``) and read back by
 ``sample(grid="optimised")``. Metrics: the domain's own (images: FD in the committed evaluation classifier's
