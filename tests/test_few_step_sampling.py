@@ -79,9 +79,10 @@ def test_rk45_loose_tolerance_warns_raises_and_reports_nfe(one_thread) -> None:
 # ==================================================================================================
 @pytest.mark.parametrize("kind", ["gaussian", "mixture"])
 def test_estimate_gamma_matches_exact_gamma_at_every_t(kind: str, one_thread) -> None:
-    """1 − Γ_t from ``estimate_gamma`` (2000 antithetic pairs) within 4 standard errors of the exact value at 21
-    times including both ends (t = 1 and t = N), positive everywhere, and resolved to 10 % at the noise end, where
-    1 − Γ ≈ 3e-5 and the plain estimator's standard error was ~1e-2."""
+    """1 − Γ_t from ``estimate_gamma`` (2000 antithetic pairs) within 4.5 standard errors of the exact value at every
+    step t = 1 … N of the schedule (one Gaussian: closed form) or at 21 times including both ends (a mixture:
+    Rao–Blackwellised reference), positive everywhere, and resolved to 10 % at the noise end, where 1 − Γ ≈ 3e-5 and
+    the plain estimator's standard error was ~1e-2. (4.5: over 1000 times a |z| > 4.5 has probability 7e-3.)"""
     sch = LinearSchedule(1000)
     if kind == "gaussian":  # closed form
         mix = GaussianMixture(torch.ones(1), torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[0.3, 0.05, 1.5]]),
@@ -90,14 +91,17 @@ def test_estimate_gamma_matches_exact_gamma_at_every_t(kind: str, one_thread) ->
         mix = MIX
     n = 2000
     x0, _ = mix.sample(n, torch.Generator().manual_seed(0))
-    times = torch.cat([torch.tensor([1.0, 2.0, 5.0], dtype=F64), torch.linspace(50, 1000, 18, dtype=F64)])
+    if kind == "gaussian":  # every step of the schedule, t = 1 … 1000
+        times = torch.arange(1, 1001, dtype=F64)
+    else:
+        times = torch.cat([torch.tensor([1.0, 2.0, 5.0], dtype=F64), torch.linspace(50, 1000, 18, dtype=F64)])
     table = estimate_gamma(mix.eps_fn(sch), sch, [(x0, DenseSpace((n, mix.dim)))], times,
                            generator=torch.Generator().manual_seed(1))
     for j, t in enumerate(times):
         exact, exact_se = mix.gamma_gap(sch, t, 20000, torch.Generator().manual_seed(2))
         est, se = 1 - float(table.gamma[j]), float(table.stderr[j])
         z = (est - float(exact)) / math.hypot(se, float(exact_se))
-        assert abs(z) < 4, f"t={float(t)}: 1-Gamma {est:.3e} ± {se:.1e} vs exact {float(exact):.3e} (z={z:.1f})"
+        assert abs(z) < 4.5, f"t={float(t)}: 1-Gamma {est:.3e} ± {se:.1e} vs exact {float(exact):.3e} (z={z:.1f})"
         assert est > 0 and se < 0.1 * float(exact) + 1e-3
     assert float(table.stderr[-1]) < 0.1 * (1 - float(table.gamma[-1]))
 
