@@ -79,6 +79,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("pc", "pc", {}),
     ("heun", "heun", {}),
     ("dpm_solver_pp_2m", "dpm_solver_pp_2m", {}),
+    ("dpm_solver_pp_3m", "dpm_solver_pp_3m", {}),
+    ("unipc", "unipc", {}),
     ("rk45", "rk45", {}),
 ]
 LABELS = [c[0] for c in CASES]
@@ -232,6 +234,8 @@ LADDER: dict[str, list[int]] = {
     "pc": [5, 20, 100],
     "heun": [5, 20, 100],
     "dpm_solver_pp_2m": [5, 20, 100],
+    "dpm_solver_pp_3m": [5, 20, 100],
+    "unipc": [5, 20, 100],
 }
 RK45_TOLERANCES = [0.3, 1e-2, 1e-5]
 
@@ -445,7 +449,8 @@ def test_nfe_accounting(schedule_key: str) -> None:
 
     for k in (1, 2, 7, 20):
         grid = S.time_grid(schedule, k)
-        for label in ("ddpm_beta", "ddpm_beta_tilde", "ddim_eta0", "ddim_eta1", "euler_maruyama", "dpm_solver_pp_2m"):
+        for label in ("ddpm_beta", "ddpm_beta_tilde", "ddim_eta0", "ddim_eta1", "euler_maruyama", "dpm_solver_pp_2m",
+                      "dpm_solver_pp_3m", "unipc"):
             check(label, grid, k)
         check("heun", S.time_grid(schedule, k, "logsnr"), 2 * k - 1 if ends_at_zero_noise else 2 * k)
         for c in (0, 1, 3):
