@@ -389,6 +389,8 @@ def summary(rows: list[dict], problems: list[str], nfes: list[int]) -> list[dict
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="seconds-long run into a temporary folder")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where to write the results (default benchmarks/results; a temp folder with --smoke)")
     parser.add_argument("--workers", type=int, default=2, help="problems run in parallel processes (default 2)")
     parser.add_argument("--device", default="cpu", help="torch device of the states (the oracle runs there too)")
     parser.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated subset of the problems")
@@ -427,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     extra["load_average_1min"] = {"start": load_before, "end": os.getloadavg()[0]}
     extra["all_rows"] = rows
     notes = _notes(rows, problems, nfes, extra)
-    results_dir = Path(tempfile.mkdtemp(prefix="core_samplers_smoke_")) if args.smoke else RESULTS_DIR
+    results_dir = args.results_dir or (Path(tempfile.mkdtemp(prefix="core_samplers_smoke_")) if args.smoke
+                                       else RESULTS_DIR)
     write_results("core_samplers", summary(rows, problems, nfes), notes=notes, extra=extra, results_dir=results_dir,
                   title="Core samplers with the exact score: sciddpm vs diffusers, error vs NFE, every solver × grid")
 

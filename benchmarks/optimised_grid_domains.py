@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=None, help="folder for the trained runs (default: a temp dir)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run into a temporary folder")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where to write the results (default benchmarks/results; a temp folder with --smoke)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="gridopt_domains_"))
@@ -132,7 +134,7 @@ draws. images: fd_classifier (lower is better) against the first 300 test images
 stability and validity (higher is better). With {n_eval} samples the domain metrics carry Monte-Carlo noise of a
 few per cent (molecules: ±√(p(1−p)/{n_eval})).
 """
-    results_dir = Path(tempfile.mkdtemp(prefix="gridopt_smoke_")) if args.smoke else RESULTS_DIR
+    results_dir = args.results_dir or (Path(tempfile.mkdtemp(prefix="gridopt_smoke_")) if args.smoke else RESULTS_DIR)
     write_results("optimised_grid_domains", rows, title="Optimised time grids on trained image and molecule models",
                   notes=notes, extra={"timing": timing, "train_steps": steps}, results_dir=results_dir)
 

@@ -33,6 +33,8 @@ from sciddpm.spaces import DenseSpace  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="seconds-long run into a temporary folder")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where to write the results (default benchmarks/results; a temp folder with --smoke)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     version = _diffusers_available()
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         rows += [{"state": f"{n} x {dim}", "sampler": name, "ms_per_step": round(v, 3)} for name, v in best.items()]
     notes = f"diffusers {version or 'not installed'}; K = {steps}; best of {reps}; ε̂ = x/2."
     write_results("sampler_overhead", rows, title="Per-step overhead: sciddpm vs diffusers (same problem)", notes=notes,
-                  results_dir=Path(tempfile.mkdtemp(prefix="overhead_")) if args.smoke else RESULTS_DIR)
+                  results_dir=args.results_dir or (
+                      Path(tempfile.mkdtemp(prefix="overhead_")) if args.smoke else RESULTS_DIR))
 
 
 if __name__ == "__main__":

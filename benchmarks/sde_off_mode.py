@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--smoke", action="store_true", help="seconds-long run into a temporary folder")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where to write the results (default benchmarks/results; a temp folder with --smoke)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     n, nfes = (200, [10]) if args.smoke else (args.n, [5, 10, 20, 50, 100])
@@ -65,7 +67,8 @@ steps they spread mass between the narrow modes; ancestral DDPM (exact Gaussian 
 solvers do not. `sciddpm sample` warns for euler_maruyama below 50 steps and pc below 100 evaluations.
 """
     write_results("sde_off_mode", rows, title="Samples off the modes of 25 narrow modes, by sampler and NFE",
-                  notes=notes, results_dir=Path(tempfile.mkdtemp(prefix="sde_off_mode_")) if args.smoke else RESULTS_DIR)
+                  notes=notes, results_dir=args.results_dir or (
+                      Path(tempfile.mkdtemp(prefix="sde_off_mode_")) if args.smoke else RESULTS_DIR))
 
 
 if __name__ == "__main__":
