@@ -5,7 +5,7 @@ Fashion-MNIST training images; the QM9 subset), exported, and then sampled with 
 and 20 network evaluations on the uniform, quadratic and optimised grids — same model,
 same x_T (seed 0); DPM-Solver++(3M) rows were left out to keep the CPU run within minutes. The optimised grid
 comes from ``sciddpm optimise-grid``'s code path
-(``DiffusionModel.optimise_grid``: pathwise error against the model's own RK45 endpoint on 64 *other* prior
+(``DiffusionModel.optimise_grid``: pathwise error against the model's own RK45 endpoint on 48 *other* prior
 draws, seed 1234), is saved in the export (``variance.grid.<sampler>.<K>``) and read back by
 ``sample(grid="optimised")``. Metrics: the domain's own (images: FD in the committed evaluation classifier's
 feature space against the test images; molecules: atom/molecule stability and RDKit validity) and the pathwise
@@ -51,7 +51,11 @@ SAMPLERS = [("unipc", {})]
 
 
 def train(domain: str, steps: int, out: Path, device: str) -> Path:
-    """Train the domain's small model for ``steps`` steps (batch 32) and return its export folder."""
+    """Train the domain's small model for ``steps`` steps (batch 32) and return its export folder (an existing
+    finished run of ``steps`` steps in ``out`` is reused)."""
+    done = out / "checkpoints" / f"step={steps}.ckpt"
+    if (out / "export" / "config.json").is_file() and done.is_file():
+        return out / "export"
     cfg = config_from_dict({**DOMAINS[domain], "batch_size": 32, "max_steps": steps, "checkpoint_every": steps,
                             "log_every": max(steps // 5, 1), "accelerator": "gpu" if device == "cuda" else "cpu",
                             "seed": 0})
@@ -59,8 +63,9 @@ def train(domain: str, steps: int, out: Path, device: str) -> Path:
     return out / "export"
 
 
-def pathwise(model: Any, n: int, x: torch.Tensor, seed: int) -> float:
-    """E‖x − x*(x_T)‖/√d for the samples ``x`` drawn from seed ``seed`` (the same x_T), x* by RK45."""
+def reference_endpoints(model: Any, n: int, seed: int) -> Any:
+    """(space, x*(x_T)) for the n prior draws of seed ``seed`` (the x_T every ``sample(seed=seed)`` row starts from),
+    x* by RK45 at rtol = atol = 1e-4 with per-sample error control."""
     gen = torch.Generator().manual_seed(seed)
     space = model.domain.sample_space(n, gen, None)
     x_T = prior_sample(model.schedule, space, gen, torch.float32)
@@ -69,19 +74,20 @@ def pathwise(model: Any, n: int, x: torch.Tensor, seed: int) -> float:
     eps = eps_predictor(model.net, model.schedule, space, model.parameterization,
                         **model.domain.network_condition(space))
     with torch.no_grad():
-        ref = ode_reference(eps, model.schedule, space, x_T, rtol=1e-4)
-    diff = space.difference(x.to(ref.device), ref).to(torch.float64)
-    return float(space.mean_square_per_sample(diff).sqrt().mean())
+        return space, ode_reference(eps, model.schedule, space, x_T, rtol=1e-4)
 
 
-def evaluate_domain(domain: str, export: Path, n_eval: int, n_opt: int, nfes: list[int],
+def evaluate_domain(domain: str, export: Path, n_eval: int, n_opt: int, nfes: list[int], sweeps: int,
                     log) -> list[dict[str, Any]]:
     rows = []
+    start = time.perf_counter()
+    space, ref = reference_endpoints(load(export), n_eval, 0)
+    log(f"[{domain}] exact ODE endpoints of the {n_eval} evaluation draws in {time.perf_counter() - start:.0f}s")
     for sampler, options in SAMPLERS:
         for nfe in nfes:
             model = load(export)
             start = time.perf_counter()
-            key, result = model.optimise_grid(sampler, nfe, n=n_opt, seed=1234, sweeps=3)
+            key, result = model.optimise_grid(sampler, nfe, n=n_opt, seed=1234, sweeps=sweeps)
             opt_s = time.perf_counter() - start
             save_variances(export, {**model.variances, key: result.grid})
             model = load(export)  # read the grid back from the export, as `sciddpm sample --grid optimised` does
@@ -90,8 +96,9 @@ def evaluate_domain(domain: str, export: Path, n_eval: int, n_opt: int, nfes: li
             for grid in ("uniform", "quadratic", "optimised"):
                 out = model.sample(n_eval, sampler=sampler, steps=nfe, seed=0, grid=grid, **options)
                 metrics = model.domain.evaluate(out.sample, out.space)
+                diff = space.difference(out.sample.to(ref.device), ref).to(torch.float64)
                 row = {"domain": domain, "sampler": sampler, "nfe": out.nfe, "grid": grid,
-                       "pathwise": pathwise(model, n_eval, out.sample, 0)}
+                       "pathwise": float(space.mean_square_per_sample(diff).sqrt().mean())}
                 row.update({k: v for k, v in metrics.items() if not k.startswith("n_")})
                 rows.append(row)
                 log(f"[{domain}] {sampler} nfe={out.nfe} {grid:9s} " + " ".join(
@@ -103,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps-images", type=int, default=600)
     parser.add_argument("--steps-molecules", type=int, default=600)
-    parser.add_argument("--n-eval", type=int, default=200, help="samples per row (the same x_T for every grid)")
+    parser.add_argument("--n-eval", type=int, default=128, help="samples per row (the same x_T for every grid)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sweeps", type=int, default=2, help="coordinate-descent sweeps of the grid optimisation")
     parser.add_argument("--work", type=Path, default=None, help="folder for the trained runs (default: a temp dir)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run into a temporary folder")
     parser.add_argument("--results-dir", type=Path, default=None,
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="gridopt_domains_"))
     steps = {"images": 4 if args.smoke else args.steps_images, "molecules": 4 if args.smoke else args.steps_molecules}
-    n_eval, n_opt, nfes = (8, 8, [4]) if args.smoke else (args.n_eval, 64, [10, 20])
+    n_eval, n_opt, nfes = (8, 8, [4]) if args.smoke else (args.n_eval, 48, [10, 20])
     rows: list[dict[str, Any]] = []
     timing = {}
     for domain in DOMAINS:
@@ -121,14 +129,15 @@ def main(argv: list[str] | None = None) -> None:
         export = train(domain, steps[domain], work / domain, args.device)
         timing[f"{domain}_train_s"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
-        rows += evaluate_domain(domain, export, n_eval, n_opt, nfes, lambda m: print(m, flush=True))
+        rows += evaluate_domain(domain, export, n_eval, n_opt, nfes, args.sweeps, lambda m: print(m, flush=True))
         timing[f"{domain}_eval_s"] = round(time.perf_counter() - start, 1)
     notes = f"""
 Small models trained here on CPU from the committed subsets (images: {steps['images']} steps, UNet 16 channels, 300
 training images; molecules: {steps['molecules']} steps, EGNN 2 × 32, the QM9 subset), batch 32, seed 0; times
 {timing}. Each row: {n_eval} samples from the same x_T (seed 0) with the same model; UniPC bh2 order 2 with
-lower_order_final, NFE = K. optimised = DiffusionModel.optimise_grid (3 sweeps of
-coordinate descent on 64 other prior draws, seed 1234) saved in and read back from the export. pathwise =
+lower_order_final, NFE = K. optimised = DiffusionModel.optimise_grid ({args.sweeps} sweeps of
+coordinate descent on {n_opt} other prior draws, seed 1234, reference RK45 at 1e-4) saved in and read back
+from the export. pathwise =
 E‖x − x*(x_T)‖/√d against RK45 (1e-4) from the same x_T: the quantity the grid optimises, measured on held-out
 draws. images: fd_classifier (lower is better) against the first 300 test images of the subset; molecules: EDM's
 stability and validity (higher is better). With {n_eval} samples the domain metrics carry Monte-Carlo noise of a

@@ -78,12 +78,13 @@ def _from_u(schedule: NoiseSchedule, u: np.ndarray, rho: float) -> np.ndarray:
 
 def optimise_ode_grid(sampler: str, eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x_T: Tensor, steps: int,
                       *, reference: Tensor | None = None, sweeps: int = 4, options: dict[str, Any] | None = None,
-                      rho: float = KARRAS_RHO) -> OptimisedGrid:
+                      rho: float = KARRAS_RHO, reference_rtol: float = 1e-5) -> OptimisedGrid:
     """The K-step grid minimising the measured mean pathwise error of ``sampler`` from these x_T (module docstring).
 
     Interior times move on u = ς^{1/ρ}; on a discrete schedule they are rounded to integer steps and kept strictly
     decreasing (a candidate that collides with a neighbour is skipped). The first and last times stay at t_max and
-    t_min; a grid whose last step goes into σ = 0 keeps its last interior point's σ > 0.
+    t_min; a grid whose last step goes into σ = 0 keeps its last interior point's σ > 0. ``reference``: the exact
+    endpoints of ``x_T`` if known, else RK45 at ``reference_rtol``.
     """
     from .samplers import get_sampler
 
@@ -98,7 +99,7 @@ def optimise_ode_grid(sampler: str, eps_fn: EpsFn, schedule: NoiseSchedule, spac
         if options["eta"] != 0.0:
             raise ValueError("the pathwise-error grid is for deterministic DDIM (eta = 0)")
     if reference is None:
-        reference = ode_reference(eps_fn, schedule, space, x_T)
+        reference = ode_reference(eps_fn, schedule, space, x_T, rtol=reference_rtol)
     runs = 0
 
     def error(grid: Tensor) -> float:

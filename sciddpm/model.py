@@ -46,7 +46,8 @@ class DiffusionModel:
                progress: bool = False, variance: str = "beta_tilde", conditions: dict[str, Any] | None = None,
                guidance: GuidanceHook | Sequence[GuidanceHook] | None = None,
                callback: StepCallback | None = None, **sampler_options: Any) -> SamplerOutput:
-        """Draw n samples: x_T ~ prior, then ``sampler`` on ``time_grid(schedule, steps, grid)``.
+        """Draw n samples: x_T ~ prior, then ``sampler`` on the grid ``self.grid(sampler, steps, grid)`` (a built-in
+        kind, or ``optimised``: the grid saved in the export by ``sciddpm optimise-grid``).
 
         ``conditions``: per-sample conditions for the domain's ``sample_space`` (class labels, low-resolution
         inputs, property targets …; see the domain's ``condition_keys``); the returned ``SamplerOutput.space``
@@ -125,10 +126,11 @@ class DiffusionModel:
 
     @torch.no_grad()
     def optimise_grid(self, sampler: str, steps: int, n: int = 256, seed: int = 1234, sweeps: int = 4,
-                      conditions: dict[str, Any] | None = None):
+                      conditions: dict[str, Any] | None = None, reference_rtol: float = 1e-4):
         """``(export key, OptimisedGrid)`` for ``sampler`` at K = ``steps`` on this model (``sciddpm.grid_opt``): for
         an ODE solver the grid minimising the pathwise error against RK45 on ``n`` of the model's own prior draws
-        (seed ``seed``; sample with another), for ``ddpm`` Analytic-DPM's ELBO-optimal trajectory from the Γ table."""
+        (seed ``seed``; sample with another; the reference is RK45 at ``reference_rtol`` with per-sample error
+        control), for ``ddpm`` Analytic-DPM's ELBO-optimal trajectory from the Γ table."""
         from .grid_opt import (ODE_SAMPLERS, STOCHASTIC_SAMPLERS, OptimisedGrid, grid_key, optimise_ode_grid,
                                optimised_stochastic_grid)
         from .variances import GammaTable
@@ -150,7 +152,7 @@ class DiffusionModel:
             space, x_t = space.to(self.device), x_t.to(self.device)
         eps = eps_predictor(self.net, self.schedule, space, self.parameterization, **self.domain.network_condition(space))
         return grid_key(sampler, steps), optimise_ode_grid(sampler, eps, self.schedule, space, x_t, steps,
-                                                           sweeps=sweeps)
+                                                           sweeps=sweeps, reference_rtol=reference_rtol)
 
     @property
     def device(self) -> torch.device:

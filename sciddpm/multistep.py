@@ -19,6 +19,7 @@ p = 2 on the one before it; without it every step uses the full order its histor
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ def _step_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
     return p
 
 
-def _combine(space: Space, base: Tensor, terms: list[tuple[float, Tensor]], x: Tensor) -> Tensor:
+def _combine(space: Space, base: Tensor, terms: list[tuple[float, Tensor]]) -> Tensor:
     """base + Σ c_k (a_k − base) for (c_k, a_k) in ``terms``, differences through ``Space.difference``."""
     out = base
     for c, a in terms:
@@ -50,7 +51,7 @@ def _combine(space: Space, base: Tensor, terms: list[tuple[float, Tensor]], x: T
     return out
 
 
-def data_end_extrapolation(space: Space, x0s: list[Tensor], taus: list[float], x: Tensor) -> Tensor:
+def data_end_extrapolation(space: Space, x0s: list[Tensor], taus: list[float]) -> Tensor:
     """D(τ = 0) from the Lagrange polynomial through (τ_k, x̂₀_k), most recent first (τ = ς² = σ²/α²):
 
         D(0) = Σ_k w_k x̂₀_k,   w_k = Π_{j≠k} τ_j/(τ_j − τ_k),   written as x̂₀_0 + Σ_{k≥1} w_k (x̂₀_k − x̂₀_0).
@@ -62,14 +63,16 @@ def data_end_extrapolation(space: Space, x0s: list[Tensor], taus: list[float], x
             if j != k:
                 w *= taus[j] / (taus[j] - taus[k])
         weights.append(w)
-    return _combine(space, x0s[0], list(zip(weights[1:], x0s[1:])), x)
+    return _combine(space, x0s[0], list(zip(weights[1:], x0s[1:])))
 
 
 def _run_multistep(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, order: int,
-                   lower_order_final: bool, callback: StepCallback | None, update, corrector=None) -> SamplerOutput:
+                   lower_order_final: bool, callback: StepCallback | None, update: Callable[..., Tensor],
+                   corrector: Callable[..., Tensor] | None = None) -> SamplerOutput:
     """The loop shared by the multistep solvers: one evaluation per step, a history of (λ, τ, x̂₀), the step into
-    σ = 0 by ``data_end_extrapolation``. ``update(x, x0s, lams, lam_t, a_t, sig_t, sig_s, p)`` is the step's
-    predictor; ``corrector(...)`` (UniPC) corrects the previous step's result with the new x̂₀."""
+    σ = 0 by ``data_end_extrapolation``. ``update(x, x0s, lams, lam_t, a_t, sig_t, sig_s)`` is the step's predictor
+    (x̂₀'s and λ's most recent first, as many as the step's order); ``corrector(x0_t, *the previous update's
+    arguments)`` (UniPC) corrects the previous step's result with the new x̂₀."""
     x = _prepare(schedule, space, x, grid)
     eps_fn = _CountedEps(eps_fn, space)
     steps = grid.numel() - 1
@@ -86,7 +89,7 @@ def _run_multistep(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tens
         x0s = [x0] + x0s[: order]
         p = _step_order(order, i, steps, lower_order_final)
         if float(sigmas[i + 1]) == 0.0:
-            d0 = data_end_extrapolation(space, x0s[:p], taus[i::-1][:p], x)
+            d0 = data_end_extrapolation(space, x0s[:p], taus[i::-1][:p])
             x_new = float(alphas[i + 1]) * d0
             prev = None
         else:
@@ -120,7 +123,7 @@ def _dpmpp_update(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float],
         return out - (a_t * phi1) * x0s[0]
     r0 = (lams[0] - lams[1]) / h
     if p == 2:  # 2M: D = x̂₀ + (x̂₀ − x̂₀')/(2 r₀)
-        return out - (a_t * phi1) * _combine(space, x0s[0], [(-1 / (2 * r0), x0s[1])], x)
+        return out - (a_t * phi1) * _combine(space, x0s[0], [(-1 / (2 * r0), x0s[1])])
     r1 = (lams[1] - lams[2]) / h
     phi2 = phi1 / h + 1
     phi3 = phi2 / h - 0.5

@@ -137,9 +137,9 @@ def test_data_end_extrapolation_is_exact_for_polynomials_in_tau() -> None:
     slope, curv = torch.randn(4, 2, dtype=F64), torch.randn(4, 2, dtype=F64)
     taus = [0.3, 0.7, 1.9]
     vals = [base + tau * slope + tau**2 * curv for tau in taus]
-    assert torch.allclose(data_end_extrapolation(space, vals, taus, base), base, atol=1e-12)
+    assert torch.allclose(data_end_extrapolation(space, vals, taus), base, atol=1e-12)
     lin = [base + tau * slope for tau in taus[:2]]
-    assert torch.allclose(data_end_extrapolation(space, lin, taus[:2], base), base, atol=1e-12)
+    assert torch.allclose(data_end_extrapolation(space, lin, taus[:2]), base, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc"])
