@@ -95,7 +95,10 @@ class _CountedEps:
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         self.calls += 1
-        t_b = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1).expand(self.space.batch_size)
+        if isinstance(t, float) or (t.numel() == 1 and t.device.type == "cpu"):  # fill on the device: no copy
+            t_b = torch.full((self.space.batch_size,), float(t), dtype=torch.float64, device=x.device)
+        else:
+            t_b = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1).expand(self.space.batch_size)
         eps = self.eps_fn(x, t_b)
         if eps.shape != x.shape:
             raise ValueError(f"eps_fn returned shape {tuple(eps.shape)} for a state of shape {tuple(x.shape)}")
@@ -117,8 +120,12 @@ def _prepare(schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor) -> 
     return space.project(x)
 
 
-def _coef(value: Tensor, x: Tensor) -> Tensor:
-    """A float64 scalar coefficient as a 0-d tensor in x's dtype/device."""
+def _coef(value: Tensor, x: Tensor) -> Tensor | float:
+    """A coefficient for arithmetic with x: a host scalar (a one-element CPU tensor, as the schedule computes them)
+    becomes a Python float, passed to the kernel as an argument (a 0-d tensor moved to an accelerator would be a
+    host-to-device copy, which synchronises, on every step); anything else is moved to x's device and dtype."""
+    if value.numel() == 1 and value.device.type == "cpu":
+        return float(value)
     return value.to(device=x.device, dtype=x.dtype)
 
 

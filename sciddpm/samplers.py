@@ -62,7 +62,7 @@ def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
             x0 = x0.clamp(*clip_x0)
         mean = c_x0[i] * x0 + c_xt[i] * x
         if noisy[i] and (var.device.type != "cpu" or bool((var > 0).any())):
-            mean = mean + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
+            mean = mean + _coef(var.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
         x = space.project(mean)
         eps_fn.step(callback, i, steps, t, s, x, x0)
     return eps_fn.output(x)
@@ -107,7 +107,7 @@ def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor
     mean = _coef(schedule.alpha(s) * b_ts / sig2_t, x) * x0 + _coef(schedule.skip_alpha(s, t) * sig2_s / sig2_t, x) * x
     var = torch.as_tensor(var, dtype=torch.float64)
     if float(sig2_s) > 0 and bool((var > 0).any()):
-        mean = mean + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
+        mean = mean + _coef(var.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
     return space.project(mean)
 
 
@@ -154,7 +154,7 @@ def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
             if c2[i] > 0:
                 x = x + math.sqrt(c2[i]) * space.noise(generator=generator, dtype=x.dtype)
         elif bool(inner[i]) and bool((var > 0).any()):
-            x = x + var.sqrt().to(device=x.device, dtype=x.dtype) * space.noise(generator=generator, dtype=x.dtype)
+            x = x + _coef(var.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
         x = space.project(x)
         eps_fn.step(callback, i, steps, t, s, x, x0)
     return eps_fn.output(x)
