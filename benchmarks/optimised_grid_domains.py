@@ -14,7 +14,7 @@ error E‖x − x*(x_T)‖/√d against the exact ODE endpoint of the same x_T (
 These are tiny models trained for minutes: absolute quality is far from the domains' benchmarks; the point is the
 grid comparison on a real trained network, whose ε is not the oracle's.
 
-Usage: ``python benchmarks/optimised_grid_domains.py [--steps-images 600] [--steps-molecules 600] [--smoke]``
+Usage: ``python benchmarks/optimised_grid_domains.py [--steps-images 600] [--steps-molecules 12000] [--smoke]``
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def evaluate_domain(domain: str, export: Path, n_eval: int, n_opt: int, nfes: li
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps-images", type=int, default=600)
-    parser.add_argument("--steps-molecules", type=int, default=600)
+    parser.add_argument("--steps-molecules", type=int, default=12000)
     parser.add_argument("--n-eval", type=int, default=128, help="samples per row (the same x_T for every grid)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sweeps", type=int, default=2, help="coordinate-descent sweeps of the grid optimisation")
