@@ -143,6 +143,8 @@ draws. images: fd_classifier (lower is better) against the first 300 test images
 stability and validity (higher is better). With {n_eval} samples the domain metrics carry Monte-Carlo noise of a
 few per cent (molecules: ±√(p(1−p)/{n_eval})).
 """
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # both domains' metrics as columns of one table
+    rows = [{k: r.get(k) for k in keys} for r in rows]
     results_dir = args.results_dir or (Path(tempfile.mkdtemp(prefix="gridopt_smoke_")) if args.smoke else RESULTS_DIR)
     write_results("optimised_grid_domains", rows, title="Optimised time grids on trained image and molecule models",
                   notes=notes, extra={"timing": timing, "train_steps": steps}, results_dir=results_dir)
