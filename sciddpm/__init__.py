@@ -15,6 +15,7 @@ from .objectives import denoising_loss, eps_predictor
 from .oracle import GaussianMixture, sliced_wasserstein2
 from .samplers import (SAMPLERS, SamplerOutput, ddim, ddpm, dpm_solver_pp_2m, euler_maruyama, get_sampler, heun,
                        predictor_corrector, prior_sample, probability_flow_rk45, time_grid)
+from .multistep import dpm_solver_pp, dpm_solver_pp_3m, unipc
 from .schedules import (CosineSchedule, DiscreteSchedule, LinearSchedule, NoiseSchedule, PolynomialSchedule,
                         SubVPSchedule, VESchedule, VPSchedule, schedule_from_config)
 from .spaces import DenseSpace, GraphSpace, MaskedSpace, ProductSpace, Space, TorusSpace, ZeroCoMSpace
@@ -43,5 +44,5 @@ __all__ = [
     "sliced_wasserstein2", "time_grid", "Domain", "get_domain", "register_domain", "classifier_free_guidance",
     "classifier_guidance", "energy_guidance", "repaint", "replacement_inpainting", "sdedit_start", "DiffusionModule",
     "TrainConfig", "load_config", "export_model", "fit", "load", "DiffusionModel", "batched_pair", "classifier_log_prob",
-    "noisy_classifier_loss",
+    "noisy_classifier_loss", "dpm_solver_pp", "dpm_solver_pp_3m", "unipc",
 ]

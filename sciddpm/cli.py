@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("model", type=Path, help="export folder (config.json + model.safetensors) or .ckpt file")
         p.add_argument("--sampler", default="ddpm")
         p.add_argument("--steps", type=int, default=100)
-        p.add_argument("--grid", default="uniform", choices=("uniform", "quadratic", "logsnr"))
+        p.add_argument("--grid", default="uniform", choices=("uniform", "quadratic", "logsnr", "karras", "optimised"),
+                       help="time grid; optimised: the grid saved by `sciddpm optimise-grid` for this sampler and steps")
         p.add_argument("--n", type=int, default=256)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--variance", default="beta_tilde", choices=("beta_tilde", "beta", "analytic"),
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output", type=Path, required=True,
                        help="samples file in the domain's format (a PNG is written next to it)" if name == "sample"
                        else "metrics JSON file")
+    add_optimise_grid_parser(sub)
     est = sub.add_parser("estimate-variance", help="estimate Analytic-DPM's Gamma table on training data and save it "
                                                    "in the export")
     est.add_argument("model", type=Path, help="export folder (config.json + model.safetensors)")
@@ -210,6 +212,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_optimise_grid_parser(sub: Any) -> None:
+    """``sciddpm optimise-grid``: the arguments of ``run_optimise_grid``."""
+    opt = sub.add_parser("optimise-grid", help="optimise a sampler's time grid for a step budget on this model and "
+                                               "save it in the export (used by --grid optimised)")
+    opt.add_argument("model", type=Path, help="export folder (config.json + model.safetensors)")
+    opt.add_argument("--sampler", required=True, help="ddim, heun, dpm_solver_pp_2m, dpm_solver_pp_3m, unipc (pathwise "
+                                                       "error against the exact ODE) or ddpm (Analytic-DPM trajectory)")
+    opt.add_argument("--steps", type=int, required=True, action="append", help="step budget K (repeatable)")
+    opt.add_argument("--n", type=int, default=256, help="prior draws the ODE grid is optimised on")
+    opt.add_argument("--sweeps", type=int, default=4, help="coordinate-descent sweeps")
+    opt.add_argument("--seed", type=int, default=1234, help="seed of the optimisation draws (use another for sampling)")
+
+
+def run_optimise_grid(args: argparse.Namespace) -> None:
+    """``sciddpm optimise-grid``: ``DiffusionModel.optimise_grid`` for each --steps, saved as variance.grid.*."""
+    from .export import load, save_variances
+
+    model = load(args.model)
+    grids = {}
+    for steps in args.steps:
+        key, result = model.optimise_grid(args.sampler, steps, n=args.n, seed=args.seed, sweeps=args.sweeps)
+        grids[key] = result.grid
+        detail = (f"pathwise error {result.error:.4g} (best built-in grid, {result.start_kind}: "
+                  f"{result.start_error:.4g}; {result.runs} sampler runs)" if result.runs else "Analytic-DPM trajectory")
+        print(f"{args.sampler}, {steps} steps: {detail}")
+    save_variances(args.model, {**model.variances, **grids})
+    print(f"saved {', '.join(sorted(grids))} in {args.model / 'model.safetensors'}")
+
+
 def run_estimate_variance(args: argparse.Namespace) -> None:
     """``sciddpm estimate-variance``: Γ_t over training batches, saved as ``variance.gamma*`` in the export."""
     from .export import load, save_variances
@@ -218,7 +249,7 @@ def run_estimate_variance(args: argparse.Namespace) -> None:
         raise ValueError("--batches and --batch-size must be >= 1 and --num-times >= 2")
     model = load(args.model)
     table = model.estimate_gamma(args.batches, args.batch_size, args.num_times, args.seed, progress=True)
-    save_variances(args.model, table.state_dict())
+    save_variances(args.model, {**model.variances, **table.state_dict()})  # keeps saved grids
     worst = float((table.stderr / (1 - table.gamma).abs().clamp_min(1e-12)).max())
     print(f"estimated Gamma at {len(table.t)} times from {args.batches}x{args.batch_size} training samples; "
           f"saved in {args.model / 'model.safetensors'} (max relative SE of 1 - Gamma: {worst:.3g})")
@@ -421,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             run_sample(args, evaluate=args.command == "evaluate")
         elif args.command == "estimate-variance":
             run_estimate_variance(args)
+        elif args.command == "optimise-grid":
+            run_optimise_grid(args)
     except (ValueError, OSError) as exc:
         print(f"sciddpm: error: {_one_line(exc)}", file=sys.stderr)
         return 2

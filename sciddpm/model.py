@@ -38,13 +38,16 @@ class DiffusionModel:
     parameterization: str
     config: dict
     variances: dict[str, Tensor] = field(default_factory=dict)
+    #: Analytic-DPM variance tables already built, by (grid, eta): built once per loaded export, not per call.
+    _analytic_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0, grid: str = "uniform",
                progress: bool = False, variance: str = "beta_tilde", conditions: dict[str, Any] | None = None,
                guidance: GuidanceHook | Sequence[GuidanceHook] | None = None,
                callback: StepCallback | None = None, **sampler_options: Any) -> SamplerOutput:
-        """Draw n samples: x_T ~ prior, then ``sampler`` on ``time_grid(schedule, steps, grid)``.
+        """Draw n samples: x_T ~ prior, then ``sampler`` on the grid ``self.grid(sampler, steps, grid)`` (a built-in
+        kind, or ``optimised``: the grid saved in the export by ``sciddpm optimise-grid``).
 
         ``conditions``: per-sample conditions for the domain's ``sample_space`` (class labels, low-resolution
         inputs, property targets …; see the domain's ``condition_keys``); the returned ``SamplerOutput.space``
@@ -79,7 +82,7 @@ class DiffusionModel:
             ctx = GuidanceContext(self.net, self.schedule, space, self.parameterization, condition,
                                   self.domain.null_condition(space))
             eps = apply_guidance(eps, guidance, ctx)
-        grid_t = time_grid(self.schedule, steps, grid)  # type: ignore[arg-type]
+        grid_t = self.grid(sampler, steps, grid)
         kwargs: dict[str, Any] = {"generator": gen} if _accepts(fn, "generator") else {}
         if variance != "beta_tilde":
             if not _accepts(fn, "variance"):
@@ -99,6 +102,58 @@ class DiffusionModel:
         out.space = space
         return out
 
+    def grid(self, sampler: str, steps: int, kind: str = "uniform") -> Tensor:
+        """The time grid ``kind`` for ``sampler`` and K = ``steps``: a built-in kind (``time_grid``; a RuntimeWarning
+        for combinations measured to be poor, ``sciddpm.grids.grid_warning``) or ``optimised``, the grid saved in
+        the export by ``sciddpm optimise-grid`` (ValueError naming the missing ``variance.grid.<sampler>.<K>``)."""
+        import warnings
+
+        from .grid_opt import grid_key
+        from .grids import check_grid, grid_warning
+
+        if kind == "optimised":
+            key = grid_key(sampler, steps)
+            if key not in self.variances:
+                raise ValueError(f"this export has no optimised grid variance.{key}: run `sciddpm optimise-grid "
+                                 f"MODEL --sampler {sampler} --steps {steps}` first")
+            grid_t = self.variances[key].to(torch.float64).cpu()
+            check_grid(self.schedule, grid_t)
+            return grid_t
+        message = grid_warning(sampler, kind, steps)
+        if message is not None:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return time_grid(self.schedule, steps, kind)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def optimise_grid(self, sampler: str, steps: int, n: int = 256, seed: int = 1234, sweeps: int = 4,
+                      conditions: dict[str, Any] | None = None, reference_rtol: float = 1e-4):
+        """``(export key, OptimisedGrid)`` for ``sampler`` at K = ``steps`` on this model (``sciddpm.grid_opt``): for
+        an ODE solver the grid minimising the pathwise error against RK45 on ``n`` of the model's own prior draws
+        (seed ``seed``; sample with another; the reference is RK45 at ``reference_rtol`` with per-sample error
+        control), for ``ddpm`` Analytic-DPM's ELBO-optimal trajectory from the Γ table."""
+        from .grid_opt import (ODE_SAMPLERS, STOCHASTIC_SAMPLERS, OptimisedGrid, grid_key, optimise_ode_grid,
+                               optimised_stochastic_grid)
+        from .variances import GammaTable
+
+        if sampler in STOCHASTIC_SAMPLERS:
+            if "gamma" not in self.variances:
+                raise ValueError("the ddpm grid needs a Gamma table: run `sciddpm estimate-variance` first")
+            grid_t = optimised_stochastic_grid(self.schedule, GammaTable.from_state_dict(self.variances), steps,
+                                               data_range=self.domain.data_range)
+            return grid_key(sampler, steps), OptimisedGrid(grid_t, float("nan"), float("nan"), "none", 0)
+        if sampler not in ODE_SAMPLERS:
+            raise ValueError(f"no optimised grid for sampler {sampler!r}; expected one of "
+                             f"{', '.join(ODE_SAMPLERS + STOCHASTIC_SAMPLERS)}")
+        self.net.eval()
+        gen = torch.Generator().manual_seed(seed)
+        space = self.domain.sample_space(n, gen, conditions)
+        x_t = prior_sample(self.schedule, space, gen, torch.float32)
+        if self.device.type != "cpu":
+            space, x_t = space.to(self.device), x_t.to(self.device)
+        eps = eps_predictor(self.net, self.schedule, space, self.parameterization, **self.domain.network_condition(space))
+        return grid_key(sampler, steps), optimise_ode_grid(sampler, eps, self.schedule, space, x_t, steps,
+                                                           sweeps=sweeps, reference_rtol=reference_rtol)
+
     @property
     def device(self) -> torch.device:
         """The device of the network's parameters (samples are drawn there)."""
@@ -117,9 +172,13 @@ class DiffusionModel:
 
         if "gamma" not in self.variances:
             raise ValueError("this model has no Gamma table: run `sciddpm estimate-variance` on its export first")
-        table = GammaTable.from_state_dict(self.variances)
-        return variance_table(self.schedule, grid, table, eta=eta, data_range=self.domain.data_range,
-                              last_step_resolution=self.domain.resolution)
+        key = (tuple(grid.tolist()), eta, self.variances["gamma"].data_ptr())
+        if key not in self._analytic_cache:
+            table = GammaTable.from_state_dict(self.variances)
+            self._analytic_cache[key] = variance_table(self.schedule, grid, table, eta=eta,
+                                                       data_range=self.domain.data_range,
+                                                       last_step_resolution=self.domain.resolution)
+        return self._analytic_cache[key]
 
     def estimate_gamma(self, batches: int = 8, batch_size: int = 64, num_times: int = 100, seed: int = 0,
                        progress: bool = False):
@@ -151,7 +210,7 @@ class DiffusionModel:
                 yield x0, space, eps_predictor(self.net, sch, space, self.parameterization, **cond)
 
         gen = torch.Generator(device=device).manual_seed(seed + 1)
-        with Progress(len(pairs) * len(times) or None, "estimate Gamma", unit="eval", enabled=progress) as report:
+        with Progress(2 * len(pairs) * len(times) or None, "estimate Gamma", unit="eval", enabled=progress) as report:
             return estimate_gamma(None, sch, batches_iter(), times, generator=gen, callback=report.update)
 
 

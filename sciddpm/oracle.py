@@ -176,6 +176,33 @@ class GaussianMixture:
         scaled = z * s_eig[rows, comp].sqrt()
         return m[rows, comp] + torch.einsum("nbj,nbdj->nbd", scaled, self.evecs[comp])
 
+    def gamma_gap(self, schedule: NoiseSchedule, t: float | Tensor, n: int = 0,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """1 − Γ_t = 1 − E‖ε*(x_t, t)‖²/D = (α_t²/σ_t²) E_{x_t} tr Cov[x₀ | x_t] / D for the exact ε*, with its
+        standard error: (value, stderr), float64 scalars.
+
+        (1 − Γ = E‖ε − ε*‖²/D, and ε − ε* = (α/σ)(x₀ − E[x₀|x_t]).) For one component it is closed form,
+        1 − Γ_t = (1/D) Σ_j α²λ_j/(α²λ_j + σ²) with λ_j the eigenvalues of Σ (stderr 0, ``n`` unused). For several
+        components the expectation over x_t has no closed form: it is averaged over ``n`` exact draws of q_t of
+        the exact conditional trace (a Rao–Blackwellised Monte Carlo; its stderr is returned). σ_t = 0 gives 0.
+        """
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(())
+        a2, s2 = schedule.alpha_sq(t), schedule.sigma_sq(t)
+        if float(s2) == 0.0:
+            return torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        if self.num_components == 1:
+            lam = self.evals[0]
+            return (a2 * lam / (a2 * lam + s2)).mean(), torch.zeros((), dtype=torch.float64)
+        if n < 2:
+            raise ValueError("gamma_gap of a mixture needs n >= 2 Monte-Carlo draws")
+        x = self.sample_marginal(schedule, t, n, generator)
+        r, m, s_eig = self._posterior_components(x, schedule, t)
+        mean = torch.einsum("bk,bkd->bd", r, m)
+        within = torch.einsum("bk,bkd->b", r, s_eig)  # Σ_k r_k tr S_k
+        between = torch.einsum("bk,bk->b", r, ((m - mean[:, None]) ** 2).sum(-1))
+        per = (a2 / s2) * (within + between) / self.dim
+        return per.mean(), per.std() / math.sqrt(n)
+
     def eps_fn(self, schedule: NoiseSchedule, components: Tensor | None = None) -> EpsFn:
         """The exact ε-predictor as a denoiser callable (x [B, D], t [B]) → ε̂ in x's dtype."""
 

@@ -23,6 +23,8 @@ class SamplerOutput:
     sample: Tensor
     nfe: int
     space: Space | None = None
+    #: Sampler-specific diagnostics (rk45: its own and its check solve's NFE and the global-error estimate).
+    info: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,42 @@ def _report(callback: StepCallback | None, i: int, total: int | None, t: Tensor,
 
 
 class _CountedEps:
-    """Wraps an ε-predictor: feeds it per-sample float64 times and counts its calls (the NFE)."""
+    """Wraps an ε-predictor: feeds it per-sample float64 times, counts its calls (the NFE) and watches the state.
+
+    ``step(callback, i, total, t, s, x, x0)`` ends sampler step i: it records, on x's device and without a host
+    read, the first step whose state holds a NaN or inf, then reports to the callback; ``output(x)`` makes the
+    ``SamplerOutput`` and raises FloatingPointError naming that step. One host read per run, none per step (a
+    per-step ``isfinite`` check would synchronise an accelerator on every step).
+    """
 
     def __init__(self, eps_fn: EpsFn, space: Space) -> None:
         self.eps_fn, self.space, self.calls = eps_fn, space, 0
+        self.first_bad: Tensor | None = None
+
+    def step(self, callback: StepCallback | None, i: int, total: int | None, t: Tensor, s: Tensor, x: Tensor,
+             x0: Tensor | None, progress: float | None = None) -> None:
+        """Record whether step i left a non-finite state (device-side), then call ``_report``."""
+        bad = ~torch.isfinite(x).all()
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, i), self.first_bad)
+        _report(callback, i, total, t, s, x, x0, self.calls, progress)
+
+    def output(self, x: Tensor) -> SamplerOutput:
+        """The run's ``SamplerOutput``; FloatingPointError if any step produced a NaN or inf state."""
+        if self.first_bad is not None:
+            first = int(self.first_bad)
+            if first >= 0:
+                raise FloatingPointError(f"sampler state became NaN or inf at step {first} (0-based, after "
+                                         f"{self.calls} network evaluations): check the network, grid and guidance")
+        return SamplerOutput(x, self.calls)
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         self.calls += 1
-        t_b = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1).expand(self.space.batch_size)
+        if isinstance(t, float) or (t.numel() == 1 and t.device.type == "cpu"):  # fill on the device: no copy
+            t_b = torch.full((self.space.batch_size,), float(t), dtype=torch.float64, device=x.device)
+        else:
+            t_b = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1).expand(self.space.batch_size)
         eps = self.eps_fn(x, t_b)
         if eps.shape != x.shape:
             raise ValueError(f"eps_fn returned shape {tuple(eps.shape)} for a state of shape {tuple(x.shape)}")
@@ -90,8 +120,12 @@ def _prepare(schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor) -> 
     return space.project(x)
 
 
-def _coef(value: Tensor, x: Tensor) -> Tensor:
-    """A float64 scalar coefficient as a 0-d tensor in x's dtype/device."""
+def _coef(value: Tensor, x: Tensor) -> Tensor | float:
+    """A coefficient for arithmetic with x: a host scalar (a one-element CPU tensor, as the schedule computes them)
+    becomes a Python float, passed to the kernel as an argument (a 0-d tensor moved to an accelerator would be a
+    host-to-device copy, which synchronises, on every step); anything else is moved to x's device and dtype."""
+    if value.numel() == 1 and value.device.type == "cpu":
+        return float(value)
     return value.to(device=x.device, dtype=x.dtype)
 
 

@@ -193,3 +193,41 @@ def test_engine_trains_and_samples_on_cuda(domain, data, backbone, tmp_path):
         if sampler == "ddim":  # deterministic: the same x_T (drawn on the CPU) gives the same sample on both devices
             ref = cpu_model.sample(6, sampler=sampler, steps=5, seed=3).sample
             assert (out.sample.cpu() - ref).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "heun"])
+def test_sampler_loop_has_no_host_synchronisation_cuda(name):
+    """Issue 14: no host–device synchronisation inside the sampling loop. torch's sync debug mode reports every
+    synchronising call; the count must not grow with the number of steps (only the input checks before the loop
+    and the one non-finite check after it synchronise), and a NaN state still raises with its step."""
+    import warnings
+
+    from sciddpm import samplers as S
+    from sciddpm.schedules import LinearSchedule
+    from sciddpm.spaces import DenseSpace
+
+    schedule = LinearSchedule(1000)
+    space = DenseSpace((64, 8), device=CUDA)
+    x_T = torch.randn(64, 8, device=CUDA)
+
+    def eps(x, t):
+        return 0.5 * x
+
+    def syncs(steps: int) -> int:
+        kwargs = {"generator": torch.Generator(device=CUDA).manual_seed(0)} if name == "ddpm" else {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                out = S.get_sampler(name)(eps, schedule, space, x_T, S.time_grid(schedule, steps), **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        assert out.sample.device.type == "cuda" and torch.isfinite(out.sample).all()
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(5) == syncs(20)
+    with pytest.raises(FloatingPointError, match=f"at step {1 if name == 'heun' else 2} "):
+        calls = []
+        S.get_sampler(name)(lambda x, t: x * float("nan") if calls.append(1) or len(calls) == 3 else 0.5 * x,
+                            schedule, space, x_T, S.time_grid(schedule, 6),
+                            **({"generator": torch.Generator(device=CUDA).manual_seed(0)} if name == "ddpm" else {}))

@@ -337,7 +337,7 @@ def test_sampling_and_gamma_estimation_report_progress(export, tmp_path, capsys,
         "[ddpm sampling] step 1/7", "[ddpm sampling] step 7/7"]
     assert main(["estimate-variance", str(export), "--batches", "2", "--batch-size", "8", "--num-times", "5"]) == 0
     err = capsys.readouterr().err
-    assert "[estimate Gamma] eval 10/10 (100%)" in err and "eval/s" in err
+    assert "[estimate Gamma] eval 20/20 (100%)" in err  # 2 batches x 5 times x antithetic pair and "eval/s" in err
 
 
 def test_demo_reports_progress_to_a_file(tmp_path, capsys, one_thread):

@@ -79,6 +79,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("pc", "pc", {}),
     ("heun", "heun", {}),
     ("dpm_solver_pp_2m", "dpm_solver_pp_2m", {}),
+    ("dpm_solver_pp_3m", "dpm_solver_pp_3m", {}),
+    ("unipc", "unipc", {}),
     ("rk45", "rk45", {}),
 ]
 LABELS = [c[0] for c in CASES]
@@ -107,7 +109,7 @@ def run_sampler(label: str, eps_fn: EpsFn, schedule: NoiseSchedule, space: Space
 # ==================================================================================================
 # Time grids and input validation
 # ==================================================================================================
-@pytest.mark.parametrize("kind", ["uniform", "quadratic", "logsnr"])
+@pytest.mark.parametrize("kind", ["uniform", "quadratic", "logsnr", "karras"])
 def test_time_grid_shape_for_every_schedule_and_kind(schedule: NoiseSchedule, kind: str) -> None:
     """For every schedule and grid kind and a range of K: K + 1 unique, strictly decreasing points from exactly
     t_max to exactly t_min, inside [t_min, t_max]; on a discrete schedule the points are integers and K = N
@@ -128,7 +130,7 @@ def test_time_grid_shape_for_every_schedule_and_kind(schedule: NoiseSchedule, ki
             S.time_grid(schedule, n + 1, kind)
 
 
-@pytest.mark.parametrize("kind", ["uniform", "quadratic", "logsnr"])
+@pytest.mark.parametrize("kind", ["uniform", "quadratic", "logsnr", "karras"])
 def test_time_grid_small_discrete_schedule_every_k(kind: str) -> None:
     """On 10-step discrete schedules (linear with β up to 0.3, cosine), every K = 1..10 gives a valid integer
     grid (collisions from rounding are resolved without losing either end), and K = 11 raises."""
@@ -232,6 +234,8 @@ LADDER: dict[str, list[int]] = {
     "pc": [5, 20, 100],
     "heun": [5, 20, 100],
     "dpm_solver_pp_2m": [5, 20, 100],
+    "dpm_solver_pp_3m": [5, 20, 100],
+    "unipc": [5, 20, 100],
 }
 RK45_TOLERANCES = [0.3, 1e-2, 1e-5]
 
@@ -445,7 +449,8 @@ def test_nfe_accounting(schedule_key: str) -> None:
 
     for k in (1, 2, 7, 20):
         grid = S.time_grid(schedule, k)
-        for label in ("ddpm_beta", "ddpm_beta_tilde", "ddim_eta0", "ddim_eta1", "euler_maruyama", "dpm_solver_pp_2m"):
+        for label in ("ddpm_beta", "ddpm_beta_tilde", "ddim_eta0", "ddim_eta1", "euler_maruyama", "dpm_solver_pp_2m",
+                      "dpm_solver_pp_3m", "unipc"):
             check(label, grid, k)
         check("heun", S.time_grid(schedule, k, "logsnr"), 2 * k - 1 if ends_at_zero_noise else 2 * k)
         for c in (0, 1, 3):

@@ -147,8 +147,11 @@ def test_torus_samples_stay_in_the_principal_interval(label: str, schedule_key: 
     assert (_TORUS_MIXTURE.sample(64, torch.Generator().manual_seed(0))[0].abs() > math.pi).any()
     space = TorusSpace(DenseSpace((64, 2)))
     x_T = S.prior_sample(schedule, space, torch.Generator().manual_seed(0), F64)
+    # the flat mixture's ε is discontinuous at the wrap (not a torus score): rk45's tolerance check rightly fails
+    # there (issue 14), and this test is about the wrap only
+    extra = {"check": "off"} if label == "rk45" else {}
     x = run_sampler(label, _TORUS_MIXTURE.eps_fn(schedule), schedule, space, x_T, _grid(label, schedule, 20),
-                    torch.Generator().manual_seed(1)).sample
+                    torch.Generator().manual_seed(1), **extra).sample
     assert torch.isfinite(x).all()
     assert (x > -math.pi).all() and (x <= math.pi).all()
 
