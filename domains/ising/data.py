@@ -55,7 +55,7 @@ def metropolis_sweep(spins: np.ndarray, beta: np.ndarray, rng: np.random.Generat
         mask = (rows + cols) % 2 == parity
         h = (np.roll(spins, 1, 1) + np.roll(spins, -1, 1) + np.roll(spins, 1, 2) + np.roll(spins, -1, 2)).astype(np.int64)
         delta = 2 * spins * h
-        accept = mask & (rng.random(spins.shape) < np.exp(-b * delta))
+        accept = mask & (rng.random(spins.shape) < np.exp(np.minimum(-b * delta, 0.0)))
         spins[accept] *= -1
 
 

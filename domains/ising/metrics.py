@@ -110,7 +110,7 @@ def binder_crossing(T: np.ndarray, u_small: np.ndarray, u_large: np.ndarray) -> 
     NaN if it never does."""
     d = np.asarray(u_large) - np.asarray(u_small)
     T = np.asarray(T, dtype=np.float64)
-    idx = np.nonzero(np.sign(d[:-1]) * np.sign(d[1:]) < 0)[0]
+    idx = np.nonzero((np.sign(d[:-1]) * np.sign(d[1:]) <= 0) & (d[:-1] != d[1:]))[0]
     if not len(idx):
         return float("nan")
     i = idx[np.argmin(np.abs(idx - len(T) / 2))]
