@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
                        help="a per-sample condition of the domain (repeatable); VALUE: a number (the same for every "
                             "sample), a comma-separated list, or @file (.npy/.npz/.txt/.csv) for arrays")
+        p.add_argument("--temperature", default=None, metavar="LO:HI:STEP",
+                       help="sample --n configurations at each temperature of a grid (LO:HI:STEP, inclusive) or "
+                            "list (T1,T2,...): the domain's 'temperature' condition (e.g. the ising domain)")
         p.add_argument("--guidance-scale", type=float, default=None, metavar="LAMBDA",
                        help="classifier-free guidance eps(x|0) + LAMBDA (eps(x|c) - eps(x|0)); needs a model with "
                             "an unconditional mode")
@@ -263,6 +266,12 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
 
     conditions = parse_assignments(args.condition, "--condition", arrays=True)
     options = parse_assignments(args.sampler_option, "--sampler-option", arrays=False)
+    n = args.n
+    if args.temperature is not None:  # n configurations at every temperature of the grid, in one batch
+        if "temperature" in conditions:
+            raise ValueError("give the temperature either as --temperature or as --condition temperature=..., not both")
+        grid = temperature_grid(args.temperature)
+        conditions["temperature"], n = grid.repeat_interleave(args.n), args.n * len(grid)
     model = load(args.model)
     conditions = model.domain.check_conditions(conditions)
     guidance = None
@@ -270,13 +279,13 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
         from .guidance import ClassifierFree
 
         guidance = ClassifierFree(args.guidance_scale)
-    out = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, grid=args.grid,
+    out = model.sample(n, sampler=args.sampler, steps=args.steps, seed=args.seed, grid=args.grid,
                        progress=sys.stderr.isatty(), variance=args.variance, conditions=conditions or None,
                        guidance=guidance, **options)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if evaluate:
         metrics = {"model": str(args.model), "sampler": args.sampler, "variance": args.variance, "steps": args.steps,
-                   "nfe": out.nfe, "n": args.n, "seed": args.seed, "conditions": list(args.condition),
+                   "nfe": out.nfe, "n": n, "seed": args.seed, "conditions": list(args.condition),
                    "guidance_scale": args.guidance_scale, "sampler_options": options,
                    "metrics": model.domain.evaluate(out.sample, out.space)}
         tmp = _tmp_for(args.output)
@@ -294,7 +303,28 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
     finally:
         tmp.unlink(missing_ok=True)
         tmp_png.unlink(missing_ok=True)
-    print(f"wrote {args.n} samples to {args.output} and {png} ({args.sampler}, {out.nfe} network evaluations)")
+    print(f"wrote {n} samples to {args.output} and {png} ({args.sampler}, {out.nfe} network evaluations)")
+
+
+def temperature_grid(spec: str) -> torch.Tensor:
+    """``--temperature``: ``LO:HI:STEP`` → LO, LO + STEP, … ≤ HI (HI included up to rounding), or ``T1,T2,…``, as
+    float64; ValueError naming the flag for a malformed spec, a step ≤ 0, more than 10,000 values or a T ≤ 0."""
+    parts = spec.split(":")
+    try:
+        if len(parts) == 3:
+            lo, hi, step = (float(p) for p in parts)
+            if not step > 0 or hi < lo or (hi - lo) / step > 10_000:
+                raise ValueError
+            grid = torch.arange(round((hi - lo) / step + 1e-9) + 1, dtype=torch.float64) * step + lo
+        elif len(parts) == 1:
+            grid = torch.tensor([float(p) for p in spec.split(",")], dtype=torch.float64)
+        else:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--temperature {spec}: expected LO:HI:STEP with LO <= HI and STEP > 0, or T1,T2,...") from None
+    if not bool(torch.isfinite(grid).all()) or bool((grid <= 0).any()):
+        raise ValueError(f"--temperature {spec}: temperatures must be finite and > 0")
+    return grid.round(decimals=10)
 
 
 def parse_value(text: str, flag: str, key: str, arrays: bool = True) -> Any:
