@@ -10,6 +10,10 @@ Layouts: ``DenseSpace`` ([B, ...]), ``MaskedSpace`` (padded sets [B, N_max, F] w
 ``ZeroCoMSpace`` (zero centre of mass, d = F(N − 1); Hoogeboom et al. 2022, §3) and ``TorusSpace``
 (angles wrapped to (−π, π]). ``ProductSpace`` joins parts along the last axis (positions ⊕ features).
 
+Any space can carry a per-sample noise variance v (``with_noise_variance``; ``with_temperature`` sets v = T and the
+``temperature`` condition: thermodynamic maps, Herron et al. 2024): its noise, hence the forward process, the prior
+and every stochastic sampler step, is then N(0, v I) per sample.
+
 Noise in set layouts is drawn in flat node order (molecule by molecule, node by node), so a padded batch
 and a flat graph batch of the same molecules receive identical noise from the same generator.
 """
