@@ -266,22 +266,31 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
 
     conditions = parse_assignments(args.condition, "--condition", arrays=True)
     options = parse_assignments(args.sampler_option, "--sampler-option", arrays=False)
-    n = args.n
-    if args.temperature is not None:  # n configurations at every temperature of the grid, in one batch
+    n, grid = args.n, None
+    if args.temperature is not None:  # n configurations at every temperature of the grid
         if "temperature" in conditions:
             raise ValueError("give the temperature either as --temperature or as --condition temperature=..., not both")
         grid = temperature_grid(args.temperature)
-        conditions["temperature"], n = grid.repeat_interleave(args.n), args.n * len(grid)
+        n = args.n * len(grid)
     model = load(args.model)
-    conditions = model.domain.check_conditions(conditions)
+    conditions = model.domain.check_conditions(conditions if grid is None else {**conditions, "temperature": grid[0]})
     guidance = None
     if args.guidance_scale is not None:
         from .guidance import ClassifierFree
 
         guidance = ClassifierFree(args.guidance_scale)
-    out = model.sample(n, sampler=args.sampler, steps=args.steps, seed=args.seed, grid=args.grid,
-                       progress=sys.stderr.isatty(), variance=args.variance, conditions=conditions or None,
-                       guidance=guidance, **options)
+    how = dict(sampler=args.sampler, steps=args.steps, grid=args.grid, progress=sys.stderr.isatty(),
+               variance=args.variance, guidance=guidance, **options)
+    if grid is None:
+        out = model.sample(n, seed=args.seed, conditions=conditions or None, **how)
+    else:  # one batch per temperature (memory bounded by --n), joined on the batch axis (fixed-shape states)
+        from .sampler_base import SamplerOutput
+
+        parts = [model.sample(args.n, seed=args.seed + i, conditions={**conditions, "temperature": float(T)}, **how)
+                 for i, T in enumerate(grid)]
+        conditions["temperature"] = grid.repeat_interleave(args.n)
+        out = SamplerOutput(torch.cat([p.sample for p in parts]), sum(p.nfe for p in parts),
+                            model.domain.sample_space(n, conditions=conditions))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if evaluate:
         metrics = {"model": str(args.model), "sampler": args.sampler, "variance": args.variance, "steps": args.steps,
