@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
                        help="a per-sample condition of the domain (repeatable); VALUE: a number (the same for every "
                             "sample), a comma-separated list, or @file (.npy/.npz/.txt/.csv) for arrays")
+        p.add_argument("--temperature", default=None, metavar="LO:HI:STEP",
+                       help="sample --n configurations at each temperature of a grid (LO:HI:STEP, inclusive) or "
+                            "list (T1,T2,...): the domain's 'temperature' condition (e.g. the ising domain)")
         p.add_argument("--guidance-scale", type=float, default=None, metavar="LAMBDA",
                        help="classifier-free guidance eps(x|0) + LAMBDA (eps(x|c) - eps(x|0)); needs a model with "
                             "an unconditional mode")
@@ -309,13 +312,19 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
 
     conditions = parse_assignments(args.condition, "--condition", arrays=True)
     options = parse_assignments(args.sampler_option, "--sampler-option", arrays=False)
+    n, grid = args.n, None
+    if args.temperature is not None:  # n configurations at every temperature of the grid
+        if "temperature" in conditions:
+            raise ValueError("give the temperature either as --temperature or as --condition temperature=..., not both")
+        grid = temperature_grid(args.temperature)
+        n = args.n * len(grid)
     model = load(args.model)
-    conditions = model.domain.check_conditions(conditions)
+    conditions = model.domain.check_conditions(conditions if grid is None else {**conditions, "temperature": grid[0]})
     # every output path is checked before any sampling: extension (format), folder, writable
     check_output(args.output, None if evaluate else model.domain.sample_suffixes)
     png = args.output.with_suffix(".png")
     if evaluate:
-        model.domain.check_eval_count(args.n)
+        model.domain.check_eval_count(n)
     elif png != args.output:
         check_output(png)
     guidance = None
@@ -323,24 +332,54 @@ def run_sample(args: argparse.Namespace, evaluate: bool = False) -> None:
         from .guidance import ClassifierFree
 
         guidance = ClassifierFree(args.guidance_scale)
-    out = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, grid=args.grid,
-                       progress=True, variance=args.variance, conditions=conditions or None,
-                       guidance=guidance, **options)
+    how = dict(sampler=args.sampler, steps=args.steps, grid=args.grid, progress=True,
+               variance=args.variance, guidance=guidance, **options)
+    if grid is None:
+        out = model.sample(n, seed=args.seed, conditions=conditions or None, **how)
+    else:  # one batch per temperature (memory bounded by --n), joined on the batch axis (fixed-shape states)
+        from .sampler_base import SamplerOutput
+
+        parts = [model.sample(args.n, seed=args.seed + i, conditions={**conditions, "temperature": float(T)}, **how)
+                 for i, T in enumerate(grid)]
+        conditions["temperature"] = grid.repeat_interleave(args.n)
+        out = SamplerOutput(torch.cat([p.sample for p in parts]), sum(p.nfe for p in parts),
+                            model.domain.sample_space(n, conditions=conditions))
     if evaluate:
         metrics = {"model": str(args.model), "sampler": args.sampler, "variance": args.variance, "steps": args.steps,
-                   "nfe": out.nfe, "n": args.n, "seed": args.seed, "conditions": list(args.condition),
+                   "nfe": out.nfe, "n": n, "seed": args.seed, "conditions": list(args.condition),
                    "guidance_scale": args.guidance_scale, "sampler_options": options,
                    "metrics": model.domain.evaluate(out.sample, out.space)}
         bad = [k for k, v in metrics["metrics"].items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            raise ValueError(f"metrics {bad} of {args.n} samples are not finite; nothing written to {args.output}")
+            raise ValueError(f"metrics {bad} of {n} samples are not finite; nothing written to {args.output}")
         write_json(args.output, metrics)
         print(json.dumps(metrics["metrics"]))
         return
     model.domain.write_samples(args.output, out.sample, out.space)  # writers go through outputs.atomic_path
     if png != args.output:
         model.domain.plot_samples(png, out.sample, out.space)
-    print(f"wrote {args.n} samples to {args.output} and {png} ({args.sampler}, {out.nfe} network evaluations)")
+    print(f"wrote {n} samples to {args.output} and {png} ({args.sampler}, {out.nfe} network evaluations)")
+
+
+def temperature_grid(spec: str) -> torch.Tensor:
+    """``--temperature``: ``LO:HI:STEP`` → LO, LO + STEP, … ≤ HI (HI included up to rounding), or ``T1,T2,…``, as
+    float64; ValueError naming the flag for a malformed spec, a step ≤ 0, more than 10,000 values or a T ≤ 0."""
+    parts = spec.split(":")
+    try:
+        if len(parts) == 3:
+            lo, hi, step = (float(p) for p in parts)
+            if not step > 0 or hi < lo or (hi - lo) / step > 10_000:
+                raise ValueError
+            grid = torch.arange(round((hi - lo) / step + 1e-9) + 1, dtype=torch.float64) * step + lo
+        elif len(parts) == 1:
+            grid = torch.tensor([float(p) for p in spec.split(",")], dtype=torch.float64)
+        else:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--temperature {spec}: expected LO:HI:STEP with LO <= HI and STEP > 0, or T1,T2,...") from None
+    if not bool(torch.isfinite(grid).all()) or bool((grid <= 0).any()):
+        raise ValueError(f"--temperature {spec}: temperatures must be finite and > 0")
+    return grid.round(decimals=10)
 
 
 def parse_value(text: str, flag: str, key: str, arrays: bool = True) -> Any:

@@ -98,6 +98,13 @@ def _bin_term(space: Space, bin_width: float | None) -> Tensor:
 
 
 # ==================================================================================================
+def _untempered(space: Space, who: str) -> None:
+    """ValueError for a space with a noise variance: the prior and posterior terms here assume unit noise."""
+    if space.noise_variance is not None:
+        raise ValueError(f"{who} assumes unit forward noise; the space is tempered (noise_variance set): "
+                         "evaluate x/√T on the untempered space instead")
+
+
 def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid: Tensor, *,
          variance: str | Tensor | VarianceFn = "beta_tilde", decoder: Literal["gaussian", "discretized"] = "gaussian",
          num_bins: int = 256, data_range: tuple[float, float] = (-1.0, 1.0), bin_width: float | None = None,
@@ -116,6 +123,7 @@ def elbo(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0: Tensor, grid:
     takes the previous step's β̃, as Ho et al.'s clipped log-variance). When it ends at σ(t_min) > 0, a decoder
     N(x̂₀(x_{t_min}), σ²/α²) is appended (one extra NFE). ``discretized`` uses Ho et al.'s 8-bit decoder.
     """
+    _untempered(space, "elbo")
     space.check(x0, name="x0")
     if not torch.isfinite(x0).all():
         raise ValueError("x0 contains NaN or inf")
@@ -197,6 +205,7 @@ def ode_log_likelihood(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x0:
     Grathwohl et al. 2019) with one fixed probe z per sample (Rademacher or Gaussian, projected on the space,
     so its covariance is the space's projector P and E zᵀJz = tr(JP)).
     """
+    _untempered(space, "ode_log_likelihood")
     from scipy.integrate import solve_ivp
 
     space.check(x0, name="x0")

@@ -101,7 +101,8 @@ def forward_noise(schedule: NoiseSchedule, space: Space, x0: Tensor, t: Tensor, 
 
         x_t = space.project(α_t x₀ + σ_t ε),   ε ~ space.noise()  (Ho et al. 2020, eq. 4; Song et al. 2021),
 
-    so padding stays zero, centres of mass stay at zero and angles are wrapped onto the torus. ``t`` is a scalar
+    so padding stays zero, centres of mass stay at zero and angles are wrapped onto the torus; on a tempered space
+    (``Space.with_noise_variance``) ε ~ N(0, v I) per sample, which relaxes x_t to N(0, v I) (Herron et al. 2024). ``t`` is a scalar
     or per-sample [B] (float64, the schedule's units); ``eps`` is drawn from the space's own noise when not given.
     Returns (x_t, ε) in x₀'s dtype. The regression target that belongs to x_t is ``space.eps_target``.
     """
@@ -193,6 +194,9 @@ def denoising_loss(model: Callable[..., Tensor], schedule: NoiseSchedule, space:
 
     with ε* = ``space.eps_target`` (ε itself in linear spaces; −σ_t ∇log p_WN(x_t | x₀) on the torus, where the
     noising wraps) and w from ``loss_weight``; t uniform, or importance-sampled ∝ w(t) with the matching correction.
+    On a space with a noise variance v (a thermodynamic map, ``Space.with_temperature``) the network predicts the
+    noise as drawn, √v ε (so for a quadratic energy its exact ε is the same function at every T), and the loss is
+    taken in unit ε, ‖ε* − ε̂/√v‖²/d with ε* computed at noise scale σ_t √v, so that w(t) weighs every T alike.
     """
     space.check(x0, name="x0")
     if not torch.isfinite(x0).all():
@@ -202,9 +206,10 @@ def denoising_loss(model: Callable[..., Tensor], schedule: NoiseSchedule, space:
                            min_snr_gamma=min_snr_gamma, generator=generator, device=space.device)
     x_t, eps = forward_noise(schedule, space, x0, t, generator=generator)
     alpha, sigma = coefficients(schedule, space, t, x0.dtype)
-    target = space.eps_target(x0, x_t, eps, alpha, sigma)
+    std = space.noise_std(x0.dtype)  # √v: the noise is σ_t √v ε with unit ε (1 unless the space is tempered)
+    target = space.eps_target(x0, x_t, eps / std, alpha, sigma * std)
     eps_hat = eps_predictor(model, schedule, space, parameterization, **condition)(x_t, t)
-    mse = space.mean_square_per_sample(target - eps_hat)
+    mse = space.mean_square_per_sample(target - eps_hat / std)
     w = corr if importance_sampling else loss_weight(schedule, t, weighting, min_snr_gamma)
     per_sample = w.to(mse.dtype) * mse
     return LossOutput(per_sample.mean(), per_sample, t)

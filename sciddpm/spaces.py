@@ -10,6 +10,10 @@ Layouts: ``DenseSpace`` ([B, ...]), ``MaskedSpace`` (padded sets [B, N_max, F] w
 ``ZeroCoMSpace`` (zero centre of mass, d = F(N − 1); Hoogeboom et al. 2022, §3) and ``TorusSpace``
 (angles wrapped to (−π, π]). ``ProductSpace`` joins parts along the last axis (positions ⊕ features).
 
+Any space can carry a per-sample noise variance v (``with_noise_variance``; ``with_temperature`` sets v = T and the
+``temperature`` condition: thermodynamic maps, Herron et al. 2024): its noise, hence the forward process, the prior
+and every stochastic sampler step, is then N(0, v I) per sample.
+
 Noise in set layouts is drawn in flat node order (molecule by molecule, node by node), so a padded batch
 and a flat graph batch of the same molecules receive identical noise from the same generator.
 """
@@ -35,8 +39,51 @@ class Space(ABC):
     device: torch.device
 
     @abstractmethod
-    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    def unit_noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """A standard normal draw in the space (zero on padding, projected onto constraints)."""
+
+    #: Per-sample variance v of the forward process's noise, float64 [B], or None (v = 1): the temperature T of a
+    #: thermodynamic map (``with_temperature``). Set only through ``with_noise_variance``.
+    noise_variance: Tensor | None = None
+
+    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The forward process's noise: √v · ``unit_noise()`` per sample, N(0, v I) in the space (v = 1 unless
+        ``with_noise_variance`` set it). The noising path, the prior and every stochastic sampler draw here, so the
+        whole process is that of y = x/√v under unit noise, multiplied back by √v (Herron et al. 2024, §2)."""
+        z = self.unit_noise(generator=generator, dtype=dtype)
+        return z if self.noise_variance is None else self.noise_std(dtype) * z
+
+    def noise_std(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        """√v broadcast against a state (a 0-d one when the space has no noise variance)."""
+        if self.noise_variance is None:
+            return torch.ones((), dtype=dtype, device=self.device)
+        return self.broadcast(self.noise_variance.sqrt()).to(device=self.device, dtype=dtype)
+
+    def with_noise_variance(self, variance: Tensor | float | None) -> "Space":
+        """A copy whose forward noise, prior and sampler noise have per-sample variance ``variance`` (one value or
+        [B]; None: unit). ValueError if a value is not finite and positive, or the count is not 1 or B."""
+        out = copy.copy(self)
+        if variance is None:
+            out.noise_variance = None
+            return out
+        v = torch.as_tensor(variance, dtype=torch.float64).reshape(-1)
+        if v.numel() == 1:
+            v = v.expand(self.batch_size).clone()
+        if v.numel() != self.batch_size:
+            raise ValueError(f"noise variance holds {v.numel()} values for {self.batch_size} samples")
+        if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
+            raise ValueError(f"noise variance (temperature) must be finite and > 0, got minimum {float(v.min()):g}")
+        out.noise_variance = v.to(self.device)
+        return out
+
+    def with_temperature(self, temperature: Tensor | float, prior: bool = True) -> "Space":
+        """A thermodynamic-map space (Herron, Mondal, Schneider & Tiwary, PNAS 2024): the network sees
+        ``condition['temperature']`` (float64 [B]) and, with ``prior``, the forward process relaxes each sample to
+        N(0, T·prior_std² I): x_t = α_t x₀ + σ_t √T ε. ``prior=False`` keeps unit noise (T only as an input).
+        ValueError for T ≤ 0, non-finite T or a count other than 1 or B."""
+        tempered = self.with_noise_variance(temperature)
+        out = tempered.with_condition(temperature=tempered.noise_variance)
+        return out if prior else out.with_noise_variance(None)
 
     @abstractmethod
     def project(self, x: Tensor) -> Tensor:
@@ -101,6 +148,8 @@ class Space(ABC):
         """The same space with its index tensors and condition tensors on ``device`` (states and noise are then
         made there)."""
         moved = self._to(device)
+        if self.noise_variance is not None:
+            moved.noise_variance = self.noise_variance.to(device)
         if self.condition:
             moved.condition = MappingProxyType({k: v.to(device) if isinstance(v, Tensor) else v
                                                 for k, v in self.condition.items()})
@@ -166,7 +215,7 @@ class DenseSpace(SetLayout):
     def _to(self, device: torch.device | str) -> "DenseSpace":
         return DenseSpace(self.shape, device=device)
 
-    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    def unit_noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.randn(self.shape, generator=generator, dtype=dtype, device=self.device)
 
     def project(self, x: Tensor) -> Tensor:
@@ -215,7 +264,7 @@ class MaskedSpace(SetLayout):
     def _to(self, device: torch.device | str) -> "MaskedSpace":
         return MaskedSpace(self.mask.to(device), self.feature_dim)
 
-    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    def unit_noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         flat = torch.randn((int(self.mask.sum()), self.feature_dim), generator=generator, dtype=dtype, device=self.device)
         out = torch.zeros(self.shape, dtype=dtype, device=self.device)
         out[self.mask] = flat  # row-major mask order = flat node order
@@ -279,7 +328,7 @@ class GraphSpace(SetLayout):
         return GraphSpace(self.batch.to(device), self.feature_dim, self.batch_size,
                           None if self.edge_index is None else self.edge_index.to(device))
 
-    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    def unit_noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.randn(self.shape, generator=generator, dtype=dtype, device=self.device)
 
     def project(self, x: Tensor) -> Tensor:
@@ -346,8 +395,8 @@ class ZeroCoMSpace(_Constrained):
         if (base.node_counts() < 2).any():
             raise ValueError("ZeroCoMSpace needs at least 2 points per sample (one point has no degrees of freedom)")
 
-    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-        return self.project(self.base.noise(generator, dtype))
+    def unit_noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        return self.project(self.base.unit_noise(generator, dtype))
 
     def project(self, x: Tensor) -> Tensor:
         x = self.base.project(x)
@@ -377,8 +426,8 @@ class TorusSpace(_Constrained):
     def __init__(self, base: SetLayout | DenseSpace) -> None:
         super().__init__(base)
 
-    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-        return self.base.noise(generator, dtype)
+    def unit_noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        return self.base.unit_noise(generator, dtype)
 
     def project(self, x: Tensor) -> Tensor:
         return self.base.project(wrap_angle(x))
@@ -398,7 +447,7 @@ class TorusSpace(_Constrained):
         stays zero. ``prior_std`` (σ_max) only sets how good the uniform is: the VE marginal at σ_max is within
         TV ``sciddpm.torus.uniform_prior_tv_bound(σ_max, F)`` = F (2q/π + Σ_{n≥2} q^{n²}), q = e^{−σ_max²/2}, of it
         (1.7e-9 per angle at σ_max = 2π). A VP schedule's x_T is a wrapped N(0, σ_T²) instead: torus diffusion is variance exploding."""
-        z = self.base.noise(generator, torch.float64)
+        z = self.base.unit_noise(generator, torch.float64)
         return self.project((math.pi - 2 * math.pi * torch.special.ndtr(z)).to(dtype))
 
     def eps_target(self, x0: Tensor, x_t: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -442,8 +491,8 @@ class ProductSpace(Space):
         """Split a state into the parts' states."""
         return list(torch.split(self.check(x), self.widths, dim=-1))
 
-    def noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-        return torch.cat([p.noise(generator, dtype) for p in self.parts], dim=-1)
+    def unit_noise(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.cat([p.unit_noise(generator, dtype) for p in self.parts], dim=-1)
 
     def project(self, x: Tensor) -> Tensor:
         return torch.cat([p.project(xi) for p, xi in zip(self.parts, self.split(x))], dim=-1)

@@ -26,6 +26,8 @@ from sciddpm.schedules import NoiseSchedule
 #: to −2.9 … 2.5 (cosine), so the embedded argument covers an interval about 1000–1300 wide, as ADM's raw steps
 #: 0..1000 did (Dhariwal & Nichol 2021): the same sinusoid frequencies resolve neighbouring noise levels.
 C_NOISE_EMBED_SCALE = 250.0
+#: Padding modes of the UNet's convolutions (``circular``: periodic boundaries, e.g. an Ising lattice).
+PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -137,23 +139,28 @@ class UNet(nn.Module):
             sinusoids of ``C_NOISE_EMBED_SCALE`` · ``schedule.c_noise(t)``. Stored as a plain attribute (not in
             ``config()`` nor the state dict): ``UNet.from_config(config, schedule)``.
         zero_init: zero-initialise residual output convs and the final conv (ADM); off only for tests.
+        padding_mode: padding of every 3×3 conv (``torch.nn.Conv2d``'s): ``zeros`` for images, ``circular`` for
+            periodic lattices (the network then commutes with translations by multiples of 2^(levels − 1), the
+            stride of its deepest level; exactly with every translation when there is one level).
     """
 
     def __init__(self, in_channels: int = 1, model_channels: int = 64, out_channels: int | None = None,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attention_resolutions: Sequence[int] = (14,), image_size: int = 28, dropout: float = 0.1,
                  num_classes: int | None = None, cond_channels: int = 0,
-                 head_channels: int = 32, norm_groups: int = 32, zero_init: bool = True, *,
-                 schedule: NoiseSchedule | None = None) -> None:
+                 head_channels: int = 32, norm_groups: int = 32, zero_init: bool = True,
+                 padding_mode: str = "zeros", *, schedule: NoiseSchedule | None = None) -> None:
         super().__init__()
         self.schedule = require_schedule(schedule, type(self).__name__)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         self._config: dict[str, Any] = dict(
             in_channels=in_channels, model_channels=model_channels,
             out_channels=out_channels if out_channels is not None else in_channels,
             channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
             attention_resolutions=list(attention_resolutions), image_size=image_size, dropout=dropout,
             num_classes=num_classes, cond_channels=cond_channels,
-            head_channels=head_channels, norm_groups=norm_groups, zero_init=zero_init)
+            head_channels=head_channels, norm_groups=norm_groups, zero_init=zero_init, padding_mode=padding_mode)
         self.in_channels, self.out_channels = in_channels, self._config["out_channels"]
         self.model_channels, self.num_classes, self.cond_channels = model_channels, num_classes, cond_channels
         emb_dim, g = 4 * model_channels, norm_groups
@@ -198,6 +205,9 @@ class UNet(nn.Module):
                     res_size *= 2
         self.out = nn.Sequential(_norm(ch, g), nn.SiLU(),
                                  _zero(nn.Conv2d(ch, self.out_channels, 3, padding=1), zero_init))
+        for conv in self.modules():  # every padded conv, strided ones included
+            if isinstance(conv, nn.Conv2d) and any(conv.padding):
+                conv.padding_mode = padding_mode
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serialisable); ``UNet.from_config(m.config(), schedule)`` rebuilds it."""
