@@ -191,6 +191,14 @@ class TimeSeriesDomain(Domain):
                                      tensors["binary"].numpy().astype(bool), tensors["constant"].numpy().astype(bool))
         self._bank = {k: tensors[f"bank_{k}"] for k in ("history", "history_mask", "reference")}
 
+    # ---------------------------------------------------------------- attack detection (``sciddpm detect``)
+    def detect(self, model: Any, export: Path, readings: str, output: Path, calibrate: str | None = None,
+               quantile: float = 0.99, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Score a plant CSV or stdin with this model (``report.run_detect``; the CLI only dispatches here)."""
+        from .report import run_detect
+
+        return run_detect(model, export, readings, output, calibrate, quantile, overrides)
+
     # ---------------------------------------------------------------- outputs
     def write_samples(self, path: Path, samples: Tensor, space: Space | None = None) -> None:
         """CSV: one row per (sample, future step) with the forecast in raw units."""

@@ -4,8 +4,9 @@
 The condition is a history window H ∈ R^{L×F} (F sensors, L past steps) with a mask M (1 = observed): every
 (step, sensor) cell is embedded from (H·M, M), so a missing value is a zero input flagged by its mask, never a NaN.
 
-* **Temporal attention** (per sensor, over the L steps; Vaswani et al. 2017) turns each sensor's history into one
-  context vector c_f (the last step's output);
+* **temporal attention** (per sensor, over the L steps; Vaswani et al. 2017): the last step's embedding (plus a
+  learned query) attends over the sensor's L embedded steps, then an MLP, giving one context vector c_f per sensor
+  (only the last step queries, so the cost is linear in L);
 * **graph attention across sensors** (Veličković et al. 2018, as a dot-product attention with a learned additive
   adjacency bias A ∈ R^{F×F}, or a given sensor graph as a hard mask) mixes the context vectors;
 * the **ε-network** ε̂(x_t, t | c) reads the noisy forecast x_t ∈ R^{h×F} per sensor (one token per sensor holding
@@ -47,24 +48,25 @@ class TFDPMNet(nn.Module):
     """ε̂(x_t, t | history, history_mask) for x_t ∈ R^{B×h×F} (see the module docstring).
 
     ``sensors`` F, ``horizon`` h, ``history`` L (the window length the network is built for), ``dim`` width,
-    ``heads`` attention heads, ``temporal_layers`` / ``layers`` depth of the temporal encoder and of the
-    ε-network, ``graph``: optional F×F 0/1 adjacency (self-loops added) that restricts the sensor attention;
+    ``heads`` attention heads, ``layers`` depth of the ε-network, ``graph``: optional F×F 0/1 adjacency (self-loops added) that restricts the sensor attention;
     default a learned dense bias.
     """
 
     def __init__(self, sensors: int, horizon: int = 1, history: int = 24, dim: int = 32, heads: int = 4,
-                 temporal_layers: int = 1, layers: int = 2, graph: list[list[int]] | None = None, *,
+                 layers: int = 2, graph: list[list[int]] | None = None, *,
                  schedule: NoiseSchedule | None = None) -> None:
         super().__init__()
-        if min(sensors, horizon, history, dim, heads, layers, temporal_layers) < 1 or dim % heads:
+        if min(sensors, horizon, history, dim, heads, layers) < 1 or dim % heads:
             raise ValueError(f"TFDPMNet: need positive sizes and dim divisible by heads (dim={dim}, heads={heads})")
         self.schedule = require_schedule(schedule, "TFDPMNet")
         self.sensors, self.horizon, self.history, self.dim = sensors, horizon, history, dim
         self.cell = nn.Linear(2, dim)
         self.step_embedding = nn.Parameter(0.02 * torch.randn(history, dim))
         self.sensor_embedding = nn.Parameter(0.02 * torch.randn(sensors, dim))
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
-        self.temporal = nn.TransformerEncoder(layer, temporal_layers, enable_nested_tensor=False)
+        self.query = nn.Parameter(torch.zeros(dim))
+        self.temporal_norm = nn.LayerNorm(dim)
+        self.temporal = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.temporal_mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.graph_logits = nn.Parameter(torch.zeros(sensors, sensors))
         if graph is not None:
             adj = torch.as_tensor(graph, dtype=torch.bool)
@@ -93,8 +95,10 @@ class TFDPMNet(nn.Module):
         values = torch.where(mask > 0, history, torch.zeros_like(history))  # a NaN under the mask never enters
         cells = self.cell(torch.stack([values, mask], dim=-1))  # [B, L, F, dim]
         cells = cells + self.step_embedding[None, :, None] + self.sensor_embedding[None, None]
-        seq = cells.permute(0, 2, 1, 3).reshape(b * f, length, self.dim)
-        ctx = self.temporal(seq)[:, -1].reshape(b, f, self.dim)
+        seq = self.temporal_norm(cells.permute(0, 2, 1, 3).reshape(b * f, length, self.dim))
+        query = seq[:, -1:] + self.query
+        ctx = cells[:, -1].reshape(b * f, 1, self.dim) + self.temporal(query, seq, seq, need_weights=False)[0]
+        ctx = (ctx + self.temporal_mlp(ctx)).reshape(b, f, self.dim)
         return self.spatial(ctx, self._bias())
 
     def denoise(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
