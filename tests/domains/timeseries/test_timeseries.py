@@ -173,3 +173,26 @@ def test_constant_sensor_that_moves_is_the_top_sensor(export, tmp_path):
     assert np.isnan(result["score"][:24]).all() and np.isfinite(result["score"][24:]).all()
     assert np.argmax(np.nan_to_num(result["sensor"][45], nan=-1)) == j
     assert result["alarm"][40 + detector.settings.smooth:].all()  # once the smoothing window is full of it
+
+
+@pytest.mark.slow
+def test_batadal_benchmark_smoke_run():
+    """benchmarks/batadal.py --smoke: the whole pipeline (training, calibration, baselines, table) on the excerpt."""
+    from benchmarks.batadal import main as benchmark
+
+    benchmark(["--smoke"])
+
+
+def test_imputation_mode_keeps_observed_sensors_and_samples_the_rest(export):
+    """Second mode: the next row with sensor L_T1 unobserved is imputed given the other sensors and the history."""
+    from sciddpm.domains.timeseries.detect import impute
+    from sciddpm.export import load
+
+    model = load(export)
+    future, history, mask = model.domain.val_dataset(model.domain.options)[:5]
+    known_mask = torch.ones_like(future, dtype=torch.bool)
+    known_mask[:, :, 0] = False
+    out = impute(model, history, mask, future, known_mask, samples=3, steps=10)
+    assert out.shape == (3, 5, 3, 43) and torch.isfinite(out).all()
+    assert torch.equal(out[:, known_mask], future[known_mask].expand(3, -1))  # observed entries kept exactly
+    assert out[:, :, :, 0].std(0).min() > 0  # the unobserved sensor is sampled, not copied
