@@ -178,6 +178,7 @@ class TrainingDevice(Callback):
 @pytest.mark.parametrize("domain,data,backbone", [
     ("images", {"path": str(ROOT / "tests" / "data" / "fashion_mnist_subset")}, TINY_UNET),
     ("molecules", {"path": str(SUBSET)}, {"n_layers": 2, "hidden_nf": 32}),
+    ("timeseries", {}, {"dim": 16, "heads": 2, "layers": 1}),
 ])
 def test_engine_trains_and_samples_on_cuda(domain, data, backbone, tmp_path):
     cfg = config_from_dict({"domain": domain, "data": data, "backbone": backbone, "batch_size": 16, "max_steps": 4,
@@ -251,3 +252,26 @@ def test_ising_thermodynamic_map_trains_and_samples_on_cuda(tmp_path):
     ref = cpu_model.sample(4, sampler="ddim", steps=5, seed=3, conditions=temps).sample
     assert (out.sample.cpu() - ref).abs().max() < 1e-3
     assert torch.isfinite(model.sample(4, sampler="ddpm", steps=5, seed=3, conditions=temps).sample).all()
+
+
+def test_timeseries_detector_cuda(tmp_path):
+    """The TFDPM backbone and the diffusion detector on CUDA give the CPU's forecasts (same per-row x_T, drawn on
+    the CPU) and the same per-row scores, in batches of 256 windows."""
+    import numpy as np
+
+    from sciddpm.domains.timeseries.adapter import DEFAULT_PATH, TimeSeriesDomain
+    from sciddpm.domains.timeseries.detect import DiffusionForecaster, history_windows
+    from sciddpm.testing import export_and_load
+
+    domain = TimeSeriesDomain()
+    domain.train_dataset(domain.options)
+    _, cpu = export_and_load(domain, {"dim": 32, "heads": 4, "layers": 2}, tmp_path / "export")
+    gpu = load(tmp_path / "export").to(CUDA)
+    table = domain.read(DEFAULT_PATH, domain.options["columns"])
+    z = domain.normaliser.apply(table.values)
+    rows, hist, mask = history_windows(z, table.hours, domain.history, 1.0)
+    keys = torch.as_tensor(np.round(table.hours[rows]).astype(np.int64))
+    a = DiffusionForecaster(cpu, samples=4, steps=5)(hist[:300], mask[:300], keys[:300])
+    b = DiffusionForecaster(gpu, samples=4, steps=5)(hist[:300], mask[:300], keys[:300])
+    assert b.shape == (4, 300, 3, 43) and torch.isfinite(b).all()
+    assert (a - b).abs().max() < 1e-3 * (1 + a.abs().max())
