@@ -8,7 +8,7 @@ class label or a low-resolution image.
 
 Data options (``data:``): ``path`` (the ModelNet40 ``.npz`` or a folder of shapes, see ``data.py``; default the
 bundled subset ``tests/data/modelnet40_tiny.npz``), ``classes`` (training classes; default all in the file),
-``per_class`` (at most this many shapes per class and split; default all), ``n_points`` N (256), ``n_partial`` M
+``per_class`` (at most this many shapes per class and split; default all; ``per_class_test`` for the test split), ``n_points`` N (256), ``n_partial`` M
 (128), ``views`` per training shape (4; the test set gets one fixed view per shape), ``partial_kinds``
 (``["hpr", "crop"]``, taken in turn), ``gamma`` (HPR, 1.5), ``camera_distance`` (3.0), ``crop`` (0.5), ``seed`` (0).
 Conditions for ``sample_space``: ``partial`` ([M', 3] for all samples or [n, M', 3]; any M') and ``reference``
@@ -68,7 +68,7 @@ class PointCloudDomain(Domain):
 
     # ---------------------------------------------------------------- options and data
     def data_keys(self) -> tuple[str, ...]:
-        return ("path", "classes", "per_class", "n_points", "n_partial", "views", "partial_kinds", "gamma",
+        return ("path", "classes", "per_class", "per_class_test", "n_points", "n_partial", "views", "partial_kinds", "gamma",
                 "camera_distance", "crop", "seed", "refiner")
 
     def backbone_keys(self, config: dict[str, Any]) -> tuple[str, ...]:
@@ -92,7 +92,7 @@ class PointCloudDomain(Domain):
         if unknown:
             raise ValueError(f"{shapes.source}: unknown class {unknown[0]!r}; classes: {', '.join(shapes.classes)}")
         wanted = np.isin(shapes.label, [shapes.classes.index(c) for c in names]) & (shapes.is_train == train)
-        per_class = options.get("per_class")
+        per_class = options.get("per_class" if train else "per_class_test", options.get("per_class"))
         if per_class is not None:
             rank = np.zeros(len(wanted), bool)
             for c in names:
@@ -102,13 +102,14 @@ class PointCloudDomain(Domain):
             raise ValueError(f"{shapes.source}: no {'training' if train else 'test'} shapes of classes {names}")
         return shapes.select(wanted)
 
-    def pairs(self, shapes: ShapeSet, views: int, seed: int) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray]:
-        """(complete [V, N, 3], partial [V, M, 3], shape index [V], fraction kept [V]) with ``views`` seeded views
-        per shape, kinds in turn (``data.make_partials``)."""
+    def pairs(self, shapes: ShapeSet, views: int, seed: int) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray,
+                                                                       np.ndarray]:
+        """(complete [V, N, 3], partial [V, M, 3], shape index [V], fraction kept [V], kind [V]) with ``views``
+        seeded views per shape, kinds in turn (``data.make_partials``)."""
         kinds = tuple(self.options.get("partial_kinds", ("hpr", "crop")))
-        part, owner, kept = make_partials(shapes.points, int(self.options.get("n_partial", 128)), kinds, views, seed,
-                                          **self.view_options())
-        return torch.as_tensor(shapes.points[owner]), torch.as_tensor(part), owner, kept
+        part, owner, kept, kind = make_partials(shapes.points, int(self.options.get("n_partial", 128)), kinds, views,
+                                                seed, **self.view_options())
+        return torch.as_tensor(shapes.points[owner]), torch.as_tensor(part), owner, kept, kind
 
     def _load(self, options: dict[str, Any]) -> tuple[TensorDataset, TensorDataset]:
         key = repr(sorted((k, v) for k, v in options.items() if k != "refiner"))
@@ -117,7 +118,8 @@ class PointCloudDomain(Domain):
         seed = int(options.get("seed", 0))
         train = self.pairs(self.shapes(options, True), int(options.get("views", 4)), seed)
         test = self.pairs(self.shapes(options, False), 1, seed + TEST_VIEW_SEED)
-        self.kept_fraction = {"train": float(train[3].mean()), "test": float(test[3].mean())}
+        self.kept_fraction = {f"{split}_{kind}": float(pairs[3][pairs[4] == kind].mean())
+                              for split, pairs in (("train", train), ("test", test)) for kind in sorted(set(pairs[4]))}
         sets = (TensorDataset(train[0], train[1]), TensorDataset(test[0], test[1]))
         self._cache = (key, *sets)
         return sets

@@ -251,16 +251,18 @@ def partial_view(points: np.ndarray, n_out: int, kind: str, seed: int, camera_di
 
 
 def make_partials(points: np.ndarray, n_out: int, kinds: tuple[str, ...], views: int, seed: int,
-                  **view_options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``views`` partial views per shape, kinds taken in turn: (partials float32 [S·views, n_out, 3], the shape
-    index of each [S·views], fraction kept of each). View v of shape s uses seed (seed, s, v) only."""
-    parts, owner, kept = [], [], []
+                  **view_options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``views`` partial views per shape, kinds taken in turn (view v of shape s is of kind (s + v) mod #kinds, so
+    one view per shape still alternates kinds across shapes): (partials float32 [S·views, n_out, 3], the shape index
+    of each [S·views], fraction kept of each, kind of each). View v of shape s uses seed (seed, s, v) only."""
+    parts, owner, kept, kind_of = [], [], [], []
     for s, shape in enumerate(points):
         for v in range(views):
-            kind = kinds[v % len(kinds)]
+            kind = kinds[(s + v) % len(kinds)]
+            kind_of.append(kind)
             part, frac = partial_view(shape, n_out, kind, int(np.random.SeedSequence([seed, s, v]).generate_state(1)[0]),
                                       **view_options)
             parts.append(part)
             owner.append(s)
             kept.append(frac)
-    return np.stack(parts), np.array(owner), np.array(kept)
+    return np.stack(parts), np.array(owner), np.array(kept), np.array(kind_of)

@@ -48,7 +48,9 @@ def test_partials_are_seeded_and_report_the_fraction_kept():
     c = make_partials(shapes.points[:3], 64, ("hpr", "crop"), 2, seed=8)
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and not np.array_equal(a[0], c[0])
     assert a[0].shape == (6, 64, 3) and list(a[1]) == [0, 0, 1, 1, 2, 2]
-    assert np.allclose(a[2][1::2], 0.5) and (0 < a[2][0::2]).all() and (a[2][0::2] < 1).all()
+    assert list(a[3]) == ["hpr", "crop", "crop", "hpr", "hpr", "crop"]
+    crop = a[3] == "crop"
+    assert np.allclose(a[2][crop], 0.5) and (0 < a[2][~crop]).all() and (a[2][~crop] < 1).all()
     part, frac = partial_view(shapes.points[0], 64, "crop", seed=3, crop=0.75)
     assert frac == 0.25
     assert all(np.isin(p, shapes.points[0]).all() for p in part)  # every partial point is a point of the shape
