@@ -27,3 +27,14 @@ def test_pointclouds_keep_the_contract():
     assert checks["export_load"]["max_abs_difference"] == 0.0
     assert checks["equivariance"]["max_abs_error"] <= 1e-5
     assert {"cd_l1", "cd_l2", "emd", "f1"} <= set(checks["outputs"]["metrics"])
+
+
+def test_benchmark_config_is_valid():
+    """benchmarks/pointcloud_diffusion.yaml (the README's `sciddpm train --config`) passes the engine's key checks."""
+    from pathlib import Path
+
+    from sciddpm.config import check_domain_config, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[3] / "benchmarks" / "pointcloud_diffusion.yaml")
+    check_domain_config(cfg, PointCloudDomain(cfg.data))
+    assert cfg.domain == "pointclouds" and cfg.data["n_points"] == 256
