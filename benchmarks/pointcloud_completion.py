@@ -73,6 +73,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refine-train-k", type=int, default=20)
     p.add_argument("--ks", default="10,20,50")
     p.add_argument("--full-k", type=int, default=1000, help="steps of the ancestral DDPM reference (0: skip)")
+    p.add_argument("--clip", type=float, default=1.0,
+                   help="DDPM/DDIM clip their x0 prediction to [-clip, clip] (the unit sphere's box; 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "pointcloud_completion")
@@ -180,8 +182,11 @@ def diffusion_model(args: argparse.Namespace, data: dict, backbone: dict) -> tup
     return load(export).to(args.device), json.loads(timing.read_text())["train_wall_s"]
 
 
-def sample_clouds(model: Any, partial: torch.Tensor, sampler: str, steps: int, seed: int) -> np.ndarray:
-    out = model.sample(len(partial), sampler=sampler, steps=steps, seed=seed, conditions={"partial": partial})
+def sample_clouds(model: Any, partial: torch.Tensor, sampler: str, steps: int, seed: int, clip: float) -> np.ndarray:
+    """Completions of each partial; DDPM/DDIM clip x̂₀ to [−clip, clip] (clip > 0)."""
+    options = {"clip_x0": (-clip, clip)} if clip > 0 else {}
+    out = model.sample(len(partial), sampler=sampler, steps=steps, seed=seed, conditions={"partial": partial},
+                       **options)
     return out.sample.cpu().numpy()
 
 
@@ -239,14 +244,14 @@ def run_benchmark(args: argparse.Namespace, smoke: bool) -> None:
                                               args.regression_steps, args.points, pairs_batch(None), args.seed, device)
     # the refiner learns from the coarse model's own K-step outputs of one view per training shape
     sub = torch.arange(0, len(partial_tr), args.views)
-    coarse_file = args.run / f"coarse_train_k{args.refine_train_k}_{args.diffusion_steps}.npy"
+    coarse_file = args.run / f"coarse_train_k{args.refine_train_k}_{args.diffusion_steps}_clip{args.clip:g}.npy"
     if not coarse_file.is_file():
         np.save(coarse_file, np.concatenate([sample_clouds(model, partial_tr[sub[i:i + 128]], "ddim",
-                                                           args.refine_train_k, args.seed + 7 + i)
+                                                           args.refine_train_k, args.seed + 7 + i, args.clip)
                                              for i in range(0, len(sub), 128)]))
     coarse_train = torch.as_tensor(np.load(coarse_file))
-    refiner, refine_wall = one_pass_net(args.run / "refiner.safetensors", schedule, backbone, args.refine_steps, 0,
-                                        pairs_batch(coarse_train), args.seed + 1, device)
+    refiner, refine_wall = one_pass_net(args.run / f"refiner_clip{args.clip:g}.safetensors", schedule, backbone,
+                                        args.refine_steps, 0, pairs_batch(coarse_train), args.seed + 1, device)
     domain_r = model.domain
     domain_r.attach_refiner(refiner, backbone, schedule)
     from sciddpm.export import export_model
@@ -268,9 +273,12 @@ def run_benchmark(args: argparse.Namespace, smoke: bool) -> None:
         with torch.no_grad():
             pred, sec = timed(lambda: regressor(partial.to(device)).cpu().numpy())
         rec("regression (same backbone)", pred, sec, 1)
+        if args.clip > 0:  # the ablation: the same model and seed without clipping x0
+            pred, sec = timed(lambda: sample_clouds(model, partial, "ddim", ks[len(ks) // 2], args.seed + 100, 0.0))
+            rec(f"coarse ddim K={ks[len(ks) // 2]}, no x0 clip", pred, sec, ks[len(ks) // 2])
         runs = [("ddim", k) for k in ks] + ([("ddpm", args.full_k)] if args.full_k else [])
         for sampler, k in runs:
-            coarse, sec = timed(lambda: sample_clouds(model, partial, sampler, k, args.seed + 100))
+            coarse, sec = timed(lambda: sample_clouds(model, partial, sampler, k, args.seed + 100, args.clip))
             rec(f"coarse {sampler} K={k}", coarse, sec, k)
             with torch.no_grad():
                 refined, sec_r = timed(lambda: refiner(partial.to(device), torch.as_tensor(coarse).to(device))
@@ -317,7 +325,9 @@ def notes_text(args: argparse.Namespace, axis: int, kept: dict, verdict: dict, d
             f"x {args.views} views; test {args.per_class_test} shapes per class (seen and novel: {args.novel}); "
             f"N = {args.points} points, partials M = {args.partial}. Training budgets: diffusion {args.diffusion_steps} "
             f"steps (batch {args.batch_size}, {dw:.0f} s), regression {args.regression_steps} steps ({rw:.0f} s), "
-            f"refiner {args.refine_steps} steps on DDIM K={args.refine_train_k} outputs ({fw:.0f} s). Fraction of "
+            f"refiner {args.refine_steps} steps on DDIM K={args.refine_train_k} outputs ({fw:.0f} s). DDPM/DDIM clip "
+            f"their x0 prediction to [-{args.clip:g}, {args.clip:g}] (0: off; one unclipped row shows its effect). "
+            f"Fraction of "
             f"points kept by the partial views: {kept_text}. Mirror plane (best on training shapes): "
             f"{'xyz'[axis]} = 0.\n\nMetrics: CD-L1 x1e3 = (mean d(P,G) + mean d(G,P))/2; CD-L2 x1e4 = mean d^2 + "
             f"mean d^2; EMD x1e2 exact (Hungarian); F1 at tau = 0.01 on the distance, shapes in the unit sphere. "

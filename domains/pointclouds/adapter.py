@@ -10,7 +10,8 @@ Data options (``data:``): ``path`` (the ModelNet40 ``.npz`` or a folder of shape
 bundled subset ``tests/data/modelnet40_tiny.npz``), ``classes`` (training classes; default all in the file),
 ``per_class`` (at most this many shapes per class and split; default all; ``per_class_test`` for the test split), ``n_points`` N (256), ``n_partial`` M
 (128), ``views`` per training shape (4; the test set gets one fixed view per shape), ``partial_kinds``
-(``["hpr", "crop"]``, taken in turn), ``gamma`` (HPR, 1.5), ``camera_distance`` (3.0), ``crop`` (0.5), ``seed`` (0).
+(``["hpr", "crop"]``, taken in turn), ``gamma`` (HPR, 1.5), ``camera_distance`` (3.0), ``crop`` (0.5), ``seed`` (0), ``clip`` (1.0: the box that
+``sciddpm complete`` clips DDPM/DDIM's x̂₀ to; 0 = off).
 Conditions for ``sample_space``: ``partial`` ([M', 3] for all samples or [n, M', 3]; any M') and ``reference``
 ([N', 3] or [n, N', 3]); without them the samples complete a bank of held-out partials saved with the model.
 """
@@ -69,7 +70,7 @@ class PointCloudDomain(Domain):
     # ---------------------------------------------------------------- options and data
     def data_keys(self) -> tuple[str, ...]:
         return ("path", "classes", "per_class", "per_class_test", "n_points", "n_partial", "views", "partial_kinds", "gamma",
-                "camera_distance", "crop", "seed", "refiner")
+                "camera_distance", "crop", "seed", "clip", "refiner")
 
     def backbone_keys(self, config: dict[str, Any]) -> tuple[str, ...]:
         return constructor_keys(PointDiffusionNet)
@@ -77,6 +78,13 @@ class PointCloudDomain(Domain):
     @property
     def n_points(self) -> int:
         return int(self.options.get("n_points", 256))
+
+    @property
+    def clip_box(self) -> float | None:
+        """Half-width c of the box [−c, c]³ that DDPM/DDIM clip their x̂₀ predictions to (Ho et al. 2020 clip to the
+        data range): option ``clip`` (default 1.0, the unit sphere's box; 0 turns it off)."""
+        value = float(self.options.get("clip", 1.0))
+        return value if value > 0 else None
 
     def view_options(self) -> dict[str, float]:
         o = self.options

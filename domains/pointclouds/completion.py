@@ -96,7 +96,9 @@ def run_complete(model: Any, partial: np.ndarray, output: Path, samples: int = 8
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
     conditions: dict[str, Any] = {"partial": torch.as_tensor(partial, dtype=torch.float32)}
-    out = model.sample(samples, sampler=sampler, steps=steps, seed=seed, conditions=conditions)
+    clip = model.domain.clip_box
+    options = {"clip_x0": (-clip, clip)} if clip is not None and sampler in ("ddpm", "ddim") else {}
+    out = model.sample(samples, sampler=sampler, steps=steps, seed=seed, conditions=conditions, **options)
     clouds = model.domain.refine(out.sample, out.space).cpu()
     m, u = medoid_and_uncertainty(clouds)
     best, unc = clouds[m].numpy(), u.numpy().astype(np.float32)
@@ -106,7 +108,7 @@ def run_complete(model: Any, partial: np.ndarray, output: Path, samples: int = 8
         with atomic_path(output) as tmp:
             np.save(tmp, np.concatenate([best, unc[:, None]], 1).astype(np.float32))
     summary: dict[str, Any] = {"input": source, "output": str(output), "samples": samples, "sampler": sampler,
-                               "steps": steps, "refined": model.domain.refiner is not None,
+                               "steps": steps, "clip_x0": options.get("clip_x0"), "refined": model.domain.refiner is not None,
                                "points": int(len(best)), "mean_uncertainty": float(unc.mean()),
                                "max_uncertainty": float(unc.max())}
     if samples == 1:

@@ -14,8 +14,8 @@ def test_smoke_run_writes_every_row(tmp_path: Path):
     result = json.loads((tmp_path / "results" / "pointcloud_completion.json").read_text())
     methods = {r["method"] for r in result["rows"] if not r["method"].startswith("mirror (axis ")}
     assert methods == {"partial", "nn_retrieval", "regression (same backbone)", "coarse ddim K=2",
-                       "refined ddim K=2", "coarse ddpm K=5", "refined ddpm K=5"}
-    assert len(result["rows"]) == 2 * 8
+                       "coarse ddim K=2, no x0 clip", "refined ddim K=2", "coarse ddpm K=5", "refined ddpm K=5"}
+    assert len(result["rows"]) == 2 * 9
     assert {r["split"] for r in result["rows"]} == {"seen", "novel"}
     assert all(0 <= r["f1"] <= 1 and r["cd_l1"] > 0 for r in result["rows"] if r["method"] != "partial")
     assert (tmp_path / "run" / "export_refined" / "model.safetensors").is_file()

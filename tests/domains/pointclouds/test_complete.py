@@ -92,6 +92,7 @@ def test_complete_writes_ply_with_uncertainty_and_png(export, tmp_path, capsys):
                  "--output", str(out), "--reference", str(tmp_path / "full.npy")]) == 0
     summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert summary["refined"] and summary["samples"] == 3 and {"cd_l1", "cd_l2", "emd", "f1"} <= set(summary)
+    assert summary["clip_x0"] == [-1.0, 1.0]  # ddim clips x0 to the unit sphere's box by default
     header = out.read_bytes().split(b"end_header")[0].decode()
     assert "property float uncertainty" in header and "element vertex 64" in header
     assert read_ply(out).shape == (64, 3)
