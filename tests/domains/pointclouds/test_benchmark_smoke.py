@@ -17,6 +17,7 @@ def test_smoke_run_writes_every_row(tmp_path: Path):
                        "coarse ddim K=2, no x0 clip", "refined ddim K=2", "coarse ddpm K=5", "refined ddpm K=5"}
     assert len(result["rows"]) == 2 * 9
     assert {r["split"] for r in result["rows"]} == {"seen", "novel"}
-    assert all(0 <= r["f1"] <= 1 and r["cd_l1"] > 0 for r in result["rows"] if r["method"] != "partial")
+    assert all(0 <= r["f1"] <= r["f1_5pct"] <= 1 and r["cd_l1"] > 0 for r in result["rows"] if r["method"] != "partial")
+    assert result["verdict"]["emd_s_per_pair_256"] > 0 and result["verdict"]["emd_s_per_pair_1024"] > 0
     assert (tmp_path / "run" / "export_refined" / "model.safetensors").is_file()
     assert set(result["fraction_kept"]) >= {"seen_hpr", "seen_crop", "train_hpr", "train_crop"}
