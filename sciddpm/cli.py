@@ -417,10 +417,15 @@ def parse_value(text: str, flag: str, key: str, arrays: bool = True) -> Any:
     numbers (a 1-D tensor: int64 if all are integers, else float32) or, with ``arrays``, ``@file`` — an array from a
     ``.npy``, ``.npz`` (the array named KEY, or its only array), ``.txt`` (whitespace) or ``.csv`` (commas, an
     optional header line) file, as a tensor (floating arrays as float32); without ``arrays`` (sampler options) a
-    list is a tuple (e.g. ``clip_x0=-1,1``) and ``true``/``false`` are booleans. ValueError naming the flag otherwise."""
+    list is a tuple (e.g. ``clip_x0=-1,1``), ``true``/``false`` are booleans, ``none`` is None and a bare word is a
+    string (``variant=bh1``). ValueError naming the flag otherwise."""
     what = f"{flag} {key}={text}"
     if not arrays and text.lower() in ("true", "false"):
         return text.lower() == "true"
+    if not arrays and text.lower() == "none":
+        return None
+    if not arrays and text.isidentifier():
+        return text
     if text.startswith("@"):
         if not arrays:
             raise ValueError(f"{what}: files are not accepted here; give a number")
