@@ -116,3 +116,15 @@ def test_images_model_clips_by_default_and_not_when_told(tmp_path) -> None:
         assert float(default.abs().max()) <= 1 + 1e-6, sampler
         off = model.sample(3, sampler=sampler, steps=5, seed=0, clip_x0=None).sample
         assert float(off.max()) > 1.5, sampler
+
+
+def test_sampler_options_from_the_command_line() -> None:
+    """``--sampler-option clip_x0=none`` turns the domain default off; bare words are strings (``variant=bh1``);
+    conditions (arrays=True) still refuse words."""
+    from sciddpm.cli import parse_value
+
+    assert parse_value("none", "--sampler-option", "clip_x0", arrays=False) is None
+    assert parse_value("bh1", "--sampler-option", "variant", arrays=False) == "bh1"
+    assert parse_value("0.995", "--sampler-option", "dynamic_threshold", arrays=False) == 0.995
+    with pytest.raises(ValueError, match="VALUE must be a number"):
+        parse_value("none", "--condition", "y", arrays=True)
