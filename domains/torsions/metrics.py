@@ -106,7 +106,8 @@ def basin_stats(phi: np.ndarray, psi: np.ndarray, weights: np.ndarray | None = N
             return p, -np.log(p[..., a] / p[..., c])
 
     p, dg = stats(sums.sum(0))
-    counts = np.random.default_rng(seed).multinomial(nb, np.full(nb, 1.0 / nb), size=n_boot)  # blocks drawn per replicate
+    draws = np.random.default_rng(seed).integers(0, nb, (n_boot, nb))  # nb blocks drawn with replacement, per replicate
+    counts = np.bincount((np.arange(n_boot)[:, None] * nb + draws).ravel(), minlength=n_boot * nb).reshape(n_boot, nb)
     p_b, dg_b = stats(counts @ sums)
     finite = np.isfinite(dg_b)
     dg_err = float(dg_b[finite].std(ddof=1)) if finite.sum() > 1 else float("nan")
