@@ -49,14 +49,14 @@ def test_delta_g_and_block_bootstrap() -> None:
     lab = rng.random(n) < 1 / 11
     phi = np.where(lab, 60.0, -150.0)
     psi = np.where(lab, 45.0, 170.0)
-    s = basin_stats(phi, psi, n_boot=2000)
+    s = basin_stats(phi, psi, n_boot=800)
     p = lab.mean()
     assert s.dg_alphaL_C7eq == pytest.approx(-math.log(p / (1 - p)), rel=1e-12)
     assert s.population_error["alphaL"] == pytest.approx(math.sqrt(p * (1 - p) / n), rel=0.1)
-    dup = basin_stats(np.repeat(phi, 2), np.repeat(psi, 2), block=np.repeat(np.arange(n), 2), n_boot=2000)
+    dup = basin_stats(np.repeat(phi, 2), np.repeat(psi, 2), block=np.repeat(np.arange(n), 2), n_boot=800)
     assert dup.population["alphaL"] == pytest.approx(p) and dup.population_error["alphaL"] == pytest.approx(
         s.population_error["alphaL"], rel=0.1)
-    naive = basin_stats(np.repeat(phi, 2), np.repeat(psi, 2), n_boot=2000)
+    naive = basin_stats(np.repeat(phi, 2), np.repeat(psi, 2), n_boot=800)
     assert naive.population_error["alphaL"] == pytest.approx(s.population_error["alphaL"] / math.sqrt(2), rel=0.1)
     assert noise_floor(phi, psi) < 1e-3
 
