@@ -17,7 +17,7 @@ training frames with their potential energies; Kish effective sample size); the 
 of one exchange iteration, 20 frames, for MD frames and MBAR; single samples for the models).
 Every model trains through the engine for the same fixed step budget; nothing is tuned on the held-out replicas.
 
-Usage: ``python benchmarks/ala2_temperatures.py [--steps 8000] [--n 10000] [--device cpu] [--smoke]``
+Usage: ``python benchmarks/ala2_temperatures.py [--steps 4000] [--n 5000] [--device cpu] [--smoke]``
 (``--smoke``: the committed 4-temperature subset, tiny budgets, a temporary folder; committed results untouched).
 """
 from __future__ import annotations
@@ -250,7 +250,7 @@ def plot_panels(path: Path, data: Torsions, samples: dict[tuple[str, str], dict[
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """Budgets: the benchmark's or the smoke run's (seconds)."""
     if args.smoke:
-        return {"steps": 30, "batch": 64, "n": 300, "sample_steps": 5, "sampler": args.sampler,
+        return {"steps": 30, "batch": 64, "n": 300, "sample_steps": 50, "sampler": args.sampler,
                 "net": {"hidden": 16, "blocks": 1, "fourier": 2, "emb": 8}, "models": ["torus", "euclidean"]}
     return {"steps": args.steps, "batch": args.batch, "n": args.n, "sample_steps": args.sample_steps,
             "sampler": args.sampler, "net": dict(NET), "models": args.models}
@@ -328,10 +328,10 @@ Published figures: {PUBLISHED['note']}.
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--n", type=int, default=10000, help="samples per held-out temperature")
-    parser.add_argument("--sample-steps", type=int, default=200)
+    parser.add_argument("--n", type=int, default=5000, help="samples per held-out temperature")
+    parser.add_argument("--sample-steps", type=int, default=100)
     parser.add_argument("--sampler", default="euler_maruyama")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--device", default="cpu")

@@ -8,9 +8,11 @@ The effective sample size of the reweighted set is Kish's n_eff = (Σ w)² / Σ 
 Shirts & Chodera). Energies in kcal/mol, k_B in kcal/(mol K) as pymbar's parallel-tempering example uses."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import OptimizeWarning
 from scipy.special import logsumexp
 
 #: Boltzmann's constant in kcal/(mol K) (CODATA k_B N_A / 4184 J/kcal).
@@ -54,7 +56,9 @@ def fit_mbar(energy: np.ndarray, temperature: np.ndarray) -> MBARFit:
     energy = energy[order]
     beta = 1.0 / (KB_KCAL * states)
     n_k = np.bincount(state_of, minlength=len(states))
-    mbar = pymbar.MBAR(beta[:, None] * energy[None], n_k, solver_protocol="robust")
+    with warnings.catch_warnings():  # pymbar 4.0.3 hands scipy a 'verbose' option its fallback solvers do not know
+        warnings.filterwarnings("ignore", message="Unknown solver options", category=OptimizeWarning)
+        mbar = pymbar.MBAR(beta[:, None] * energy[None], n_k, solver_protocol="robust")
     fit = MBARFit(beta, n_k.astype(np.float64), np.asarray(mbar.f_k, np.float64), energy)
     fit.order = order  # type: ignore[attr-defined]  # frame order used (to align angles with energies)
     return fit

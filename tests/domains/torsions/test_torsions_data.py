@@ -87,7 +87,7 @@ def test_angle_conventions_and_errors(tmp_path: Path) -> None:
     c = tmp_path / "a.csv"
     c.write_text("phi,psi,temperature\n10,20,300\n350,-30,300\n")
     np.testing.assert_allclose(load_angles(c).phi, [10.0, -10.0])
-    assert load_angles(SUBSET).temperatures.tolist() == pytest.approx([273.0, 334.081, 408.829, 600.0])
+    assert load_angles(SUBSET).temperatures.tolist() == pytest.approx([273.0, 278.568, 284.25, 290.048])
 
 
 def test_mdtraj_real_pdb_and_a_written_trajectory(tmp_path: Path) -> None:

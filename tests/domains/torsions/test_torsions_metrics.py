@@ -45,7 +45,7 @@ def test_delta_g_and_block_bootstrap() -> None:
     duplicating every frame within blocks of 2 leaves p and its block-bootstrap error unchanged (the blocks are the
     independent units), whereas frame-wise resampling shrinks it by √2."""
     rng = np.random.default_rng(123)  # not the bootstrap's own seed 0 (the same stream would correlate them)
-    n = 11_000
+    n = 4_400
     lab = rng.random(n) < 1 / 11
     phi = np.where(lab, 60.0, -150.0)
     psi = np.where(lab, 45.0, 170.0)
