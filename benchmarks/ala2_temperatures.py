@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
 from benchmarks._report import RESULTS_DIR, markdown_table, write_results  # noqa: E402
 from sciddpm.domains.torsions.data import Torsions, load_torsions  # noqa: E402
 from sciddpm.domains.torsions.metrics import basin_stats, histogram, js_divergence, noise_floor  # noqa: E402
+from sciddpm.outputs import atomic_path  # noqa: E402
 
 NAME = "ala2_temperatures"
 DATA = REPO.parent / "shared" / "data" / "ala2_pt" / "alanine-dipeptide-pt.tar.gz"
@@ -68,7 +69,7 @@ def train(work: Path, data_path: Path, setting: str, model: str, train_t: np.nda
           device: str) -> float:
     """Train one model through the engine (fixed step budget, resumable); returns training seconds."""
     from sciddpm.config import load_config
-    from sciddpm.training import fit, latest_checkpoint
+    from sciddpm.training import fit, resume_point
 
     run = work / f"{setting}_{model}"
     done = run / "train_seconds.txt"
@@ -80,14 +81,8 @@ def train(work: Path, data_path: Path, setting: str, model: str, train_t: np.nda
                              "batch_size": s["batch"], "lr": 2e-3, "seed": 0, "ema_decay": 0.999,
                              "checkpoint_every": max(1, s["steps"] // 4), "log_every": max(1, s["steps"] // 50),
                              "accelerator": "gpu" if device.startswith("cuda") else "cpu"})
-    resume = None
-    if (run / "checkpoints").is_dir():
-        try:
-            resume = latest_checkpoint(run)
-        except ValueError:
-            resume = None
     start = time.perf_counter()
-    fit(cfg, run, resume=resume, progress=False)
+    fit(cfg, run, resume=resume_point(run), progress=False)
     seconds = time.perf_counter() - start
     done.write_text(f"{seconds:.1f}\n")
     print(f"[train] {setting}/{model}: {s['steps']} steps in {seconds:.0f} s", flush=True)
@@ -113,9 +108,8 @@ def generate(work: Path, setting: str, model: str, test_t: np.ndarray, s: dict[s
         phi.append(f), psi.append(p), temps.append(t)
     result = {"phi": np.concatenate(phi), "psi": np.concatenate(psi), "temperature": np.concatenate(temps),
               "seconds_per_T": np.array(seconds)}
-    tmp = cache.with_name(".samples.tmp.npz")
-    np.savez_compressed(tmp, **result)
-    tmp.replace(cache)
+    with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **result)
     return result
 
 
@@ -223,9 +217,8 @@ def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
         axes[1, c].set(title="ΔG(α_L − C7eq)", xlabel="T (K)", ylabel="kT")
         axes[0, c].legend(fontsize=6)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.07, top=0.95, hspace=0.3, wspace=0.2)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=90, format="png")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
 
 
 def plot_panels(path: Path, data: Torsions, samples: dict[tuple[str, str], dict[str, Any]], picks: list[tuple[str, float]]) -> None:

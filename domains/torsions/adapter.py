@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import TensorDataset, default_collate
 
 from sciddpm.domain import Domain, constructor_keys
 from sciddpm.outputs import atomic_path, require_suffix
@@ -119,11 +119,10 @@ class TorsionsDomain(Domain):
 
     def collate(self, items: list[Any]) -> tuple[Tensor, Tensor]:
         """(x₀ [B, 2] float32, T [B] float64 in K)."""
-        return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+        return tuple(default_collate(items))
 
     def split_batch(self, batch: Any, parts: int) -> list[Any]:
-        x, t = batch
-        return [(x[k::parts], t[k::parts]) for k in range(parts)]
+        return [tuple(part[k::parts] for part in batch) for k in range(parts)]
 
     # -- model ------------------------------------------------------------------------------------
     def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:

@@ -5,19 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks import ala2_temperatures as bench
-
-
-class _Keep:
-    """A TemporaryDirectory stand-in that hands out pytest's tmp_path (removed by pytest)."""
-
-    def __init__(self, path) -> None:
-        self.path = path
-
-    def __enter__(self) -> str:
-        return str(self.path)
-
-    def __exit__(self, *exc) -> None:
-        return None
+from tests.domains.ising.test_ising_benchmark_smoke import _Keep  # a TemporaryDirectory that hands out tmp_path
 
 
 def test_smoke_run_writes_rows_to_a_temporary_folder(tmp_path, monkeypatch, one_thread) -> None:
