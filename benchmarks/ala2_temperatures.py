@@ -174,7 +174,7 @@ def summarise(rows: list[dict[str, Any]], costs: dict[str, Any]) -> list[dict[st
         for method in dict.fromkeys(r["method"] for r in sr):
             if method == "reference":
                 mr = [r for r in sr if r["method"] == method]
-                blank = {"frac_JS_lt_nearest": "", "mean_abs_ddG_kT": "", "frac_ddG_le_0.3kT": "",
+                blank = {"frac_JS_lt_nearest": "", "mean_abs_ddG_kT": "", "frac_ddG_le_0.3kT": "", "frac_ddG_within_2sigma": "",
                          "frac_ddG_le_0.3kT_where_MBAR_is": "", "mean_ESS": "", "train_s": "", "sample_s_per_T": ""}
                 out.append({"setting": setting, "method": "noise floor (half vs half of held-out)", "n_T": len(mr),
                             "mean_JS": float(np.mean([r["js_floor"] for r in mr])), "median_JS_over_floor": 1.0,
@@ -194,11 +194,19 @@ def summarise(rows: list[dict[str, Any]], costs: dict[str, Any]) -> list[dict[st
                         "frac_JS_lt_nearest": "" if method == "nearest" else float(np.mean([r["js"] < near[r["T_K"]] for r in mr])),
                         "mean_abs_ddG_kT": float(np.mean(ddg[np.isfinite(ddg)])) if np.isfinite(ddg).any() else float("nan"),
                         "frac_ddG_le_0.3kT": float(np.mean(ddg <= 0.3)),
+                        "frac_ddG_within_2sigma": float(np.mean([_within_2sigma(r, sr) for r in mr])),
                         "frac_ddG_le_0.3kT_where_MBAR_is": _where_mbar_is(sr, mr),
                         "mean_ESS": float(np.mean([r["ess"] for r in mr])) if method == "mbar" else "",
                         "train_s": costs.get(f"{setting}/{method}/train_s", ""),
                         "sample_s_per_T": costs.get(f"{setting}/{method}/sample_s_per_T", "")})
     return out
+
+
+def _within_2sigma(r: dict[str, Any], setting_rows: list[dict[str, Any]]) -> bool:
+    """|ΔG − ΔG_ref| ≤ 2 √(σ² + σ_ref²): consistent with the held-out replica within both bootstrap errors."""
+    ref = next(x for x in setting_rows if x["method"] == "reference" and x["T_K"] == r["T_K"])
+    sigma = math.hypot(r["dG_err"], ref["dG_err"])
+    return bool(np.isfinite(r["abs_ddG"]) and np.isfinite(sigma) and r["abs_ddG"] <= 2 * sigma)
 
 
 def _where_mbar_is(setting_rows: list[dict[str, Any]], method_rows: list[dict[str, Any]]) -> float | str:
