@@ -22,12 +22,14 @@ KB_KCAL = 1.380649e-23 * 6.02214076e23 / 4184.0
 @dataclass
 class MBARFit:
     """A solved MBAR over the training frames: ``beta`` [K] (mol/kcal), ``n_k`` [K] frames per state, ``f_k`` [K]
-    dimensionless free energies, ``energy`` [N] pooled potential energies (kcal/mol)."""
+    dimensionless free energies, ``energy`` [N] pooled potential energies (kcal/mol) in the order ``order`` [N]
+    (indices into the frames as given: frames grouped by state, as pymbar needs; align angles with it)."""
 
     beta: np.ndarray
     n_k: np.ndarray
     f_k: np.ndarray
     energy: np.ndarray
+    order: np.ndarray
 
     def log_weights(self, temperature: float) -> np.ndarray:
         """ln w_n at ``temperature`` (K), normalised so Σ w = 1 (eq. 15 of Shirts & Chodera 2008)."""
@@ -59,6 +61,4 @@ def fit_mbar(energy: np.ndarray, temperature: np.ndarray) -> MBARFit:
     with warnings.catch_warnings():  # pymbar 4.0.3 hands scipy a 'verbose' option its fallback solvers do not know
         warnings.filterwarnings("ignore", message="Unknown solver options", category=OptimizeWarning)
         mbar = pymbar.MBAR(beta[:, None] * energy[None], n_k, solver_protocol="robust")
-    fit = MBARFit(beta, n_k.astype(np.float64), np.asarray(mbar.f_k, np.float64), energy)
-    fit.order = order  # type: ignore[attr-defined]  # frame order used (to align angles with energies)
-    return fit
+    return MBARFit(beta, n_k.astype(np.float64), np.asarray(mbar.f_k, np.float64), energy, order)
