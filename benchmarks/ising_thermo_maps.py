@@ -79,7 +79,7 @@ def stage_data(work: Path, s: dict[str, Any]) -> None:
 def stage_train(work: Path, s: dict[str, Any], name: str, device: str) -> None:
     """Train one model through the engine (fixed step budget; resumes from its newest checkpoint)."""
     from sciddpm.config import load_config
-    from sciddpm.training import fit, latest_checkpoint
+    from sciddpm.training import fit, resume_point
 
     temps, prior = MODELS[name]
     run = work / name
@@ -90,14 +90,8 @@ def stage_train(work: Path, s: dict[str, Any], name: str, device: str) -> None:
                              "backbone": dict(UNET), "max_steps": s["steps"], "batch_size": s["batch"], "seed": 0,
                              "checkpoint_every": max(1, s["steps"] // 8), "log_every": max(1, s["steps"] // 40),
                              "accelerator": "gpu" if device.startswith("cuda") else "cpu"})
-    resume = None
-    if (run / "checkpoints").is_dir():
-        try:
-            resume = latest_checkpoint(run)
-        except ValueError:
-            resume = None
     start = time.perf_counter()
-    fit(cfg, run, resume=resume, progress=False)
+    fit(cfg, run, resume=resume_point(run), progress=False)
     (run / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     print(f"[train] {name}: {s['steps']} steps in {time.perf_counter() - start:.0f} s")
 

@@ -74,6 +74,10 @@ class Domain(ABC):
     #: the last reverse step (Bao et al. 2022); None where the domain has no such bound.
     data_range: tuple[Any, Any] | None = None
     resolution: float | None = None
+    #: True where every sample must lie in the scalar ``data_range`` (pixels): ``DiffusionModel.sample`` then gives
+    #: samplers that threshold x̂₀ (ddpm, ddim, DPM-Solver++, UniPC) ``clip_x0 = data_range`` unless the caller
+    #: passes its own (``clip_x0=None`` turns it off; ``dynamic_threshold=p`` makes it Imagen's dynamic one).
+    threshold_x0: bool = False
     #: The file extensions ``write_samples`` writes, each its own format (the CLI checks an output path against
     #: them before sampling); None: the domain does not declare them (unchecked).
     sample_suffixes: tuple[str, ...] | None = None

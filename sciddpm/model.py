@@ -57,7 +57,9 @@ class DiffusionModel:
         ``beta_tilde`` (ddpm's default), ``beta`` or ``analytic`` (Analytic-DPM from the Γ table saved by
         ``estimate_variance``, with the domain's data range and last-step resolution). ``callback`` receives a
         ``SamplerStep`` after every sampler step; ``progress`` shows a bar that counts steps. ``sampler_options``
-        go to the sampler (e.g. ``eta`` for ddim); unknown ones are a ValueError naming them.
+        go to the sampler (e.g. ``eta`` for ddim); unknown ones are a ValueError naming them. Where the domain sets
+        ``threshold_x0`` (images), samplers that take ``clip_x0`` get the domain's ``data_range`` unless
+        ``sampler_options`` has its own ``clip_x0`` (None: no thresholding).
         """
         if n < 1:
             raise ValueError(f"number of samples must be >= 1, got {n}")
@@ -68,6 +70,9 @@ class DiffusionModel:
         if unknown:
             raise ValueError(f"unknown option {unknown[0]!r} for sampler {sampler!r}; valid options: "
                              f"{', '.join(sorted(accepted)) or 'none'}")
+        if "clip_x0" in accepted and "clip_x0" not in sampler_options and self.domain.threshold_x0 \
+                and self.domain.data_range is not None:
+            sampler_options = {**sampler_options, "clip_x0": tuple(float(v) for v in self.domain.data_range)}
         self.net.eval()
         gen = torch.Generator().manual_seed(seed)
         space = self.domain.sample_space(n, gen, conditions)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .objectives import EpsFn, predict_x0
-from .sampler_base import SamplerOutput, StepCallback, _CountedEps, _prepare
+from .sampler_base import SamplerOutput, StepCallback, X0Threshold, _CountedEps, _prepare, x0_threshold
 from .schedules import NoiseSchedule
 from .spaces import Space
 
@@ -68,11 +68,13 @@ def data_end_extrapolation(space: Space, x0s: list[Tensor], taus: list[float]) -
 
 def _run_multistep(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, order: int,
                    lower_order_final: bool, callback: StepCallback | None, update: Callable[..., Tensor],
-                   corrector: Callable[..., Tensor] | None = None) -> SamplerOutput:
+                   corrector: Callable[..., Tensor] | None = None,
+                   threshold: X0Threshold | None = None) -> SamplerOutput:
     """The loop shared by the multistep solvers: one evaluation per step, a history of (λ, τ, x̂₀), the step into
     σ = 0 by ``data_end_extrapolation``. ``update(x, x0s, lams, lam_t, a_t, sig_t, sig_s)`` is the step's predictor
     (x̂₀'s and λ's most recent first, as many as the step's order); ``corrector(x0_t, *the previous update's
-    arguments)`` (UniPC) corrects the previous step's result with the new x̂₀."""
+    arguments)`` (UniPC) corrects the previous step's result with the new x̂₀. ``threshold`` corrects every x̂₀
+    as it is formed (before predictor and corrector see it; Lu et al. 2022b, Alg. 2 with thresholding)."""
     x = _prepare(schedule, space, x, grid)
     eps_fn = _CountedEps(eps_fn, space)
     steps = grid.numel() - 1
@@ -84,6 +86,8 @@ def _run_multistep(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tens
     for i in range(steps):
         t, s = grid[i], grid[i + 1]
         x0 = predict_x0(eps_fn(x, t), x, float(alphas[i]), float(sigmas[i]))
+        if threshold is not None:
+            x0 = threshold(x0)
         if corrector is not None and prev is not None:
             x = space.project(corrector(x0, *prev))
         x0s = [x0] + x0s[: order]
@@ -139,25 +143,31 @@ def _dpmpp_update(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float],
 
 
 def dpm_solver_pp(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, order: int = 3,
-                  lower_order_final: bool = True, callback: StepCallback | None = None) -> SamplerOutput:
+                  lower_order_final: bool = True, clip_x0: tuple[float, float] | None = None,
+                  dynamic_threshold: float | None = None, callback: StepCallback | None = None) -> SamplerOutput:
     """DPM-Solver++(kM), k = ``order`` ∈ {1, 2, 3} (Lu et al. 2022b): the multistep data-prediction exponential
     integrator of global order k (``_dpmpp_update`` has the step), one network evaluation per step; the first
-    steps use the orders their history allows, the step into σ = 0 the τ-extrapolation of the module docstring."""
+    steps use the orders their history allows, the step into σ = 0 the τ-extrapolation of the module docstring.
+    ``clip_x0`` / ``dynamic_threshold``: every x̂₀ thresholded (``sampler_base.x0_threshold``; Lu et al. 2022b,
+    Alg. 2 with thresholding)."""
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
+    threshold = x0_threshold(clip_x0, dynamic_threshold)
 
     def update(x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: float, sig_t: float,
                sig_s: float) -> Tensor:
         return _dpmpp_update(space, x, x0s, lams, lam_t, a_t, sig_t, sig_s)
 
-    return _run_multistep(eps_fn, schedule, space, x, grid, order, lower_order_final, callback, update)
+    return _run_multistep(eps_fn, schedule, space, x, grid, order, lower_order_final, callback, update,
+                          threshold=threshold)
 
 
 def dpm_solver_pp_3m(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
-                     lower_order_final: bool = True, callback: StepCallback | None = None) -> SamplerOutput:
+                     lower_order_final: bool = True, clip_x0: tuple[float, float] | None = None,
+                     dynamic_threshold: float | None = None, callback: StepCallback | None = None) -> SamplerOutput:
     """DPM-Solver++(3M) (Lu et al. 2022b, App. B): ``dpm_solver_pp`` with order 3."""
     return dpm_solver_pp(eps_fn, schedule, space, x, grid, order=3, lower_order_final=lower_order_final,
-                         callback=callback)
+                         clip_x0=clip_x0, dynamic_threshold=dynamic_threshold, callback=callback)
 
 
 # ==================================================================================================
@@ -221,17 +231,20 @@ def _unipc_step(space: Space, x: Tensor, x0s: list[Tensor], lams: list[float], l
 
 def unipc(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, order: int = 2,
           variant: str = "bh2", corrector: bool = True, lower_order_final: bool = True,
+          clip_x0: tuple[float, float] | None = None, dynamic_threshold: float | None = None,
           callback: StepCallback | None = None) -> SamplerOutput:
     """UniPC (Zhao et al. 2023): the unified predictor–corrector. Each step predicts with UniP-p (p = ``order`` ∈
     {1, 2, 3}, limited by the history) and, once the next x̂₀ is evaluated (the next step's evaluation: no extra
     NFE), corrects the predicted state with UniC-p, which raises the order by one (Zhao et al. 2023, Thm. 3.3:
     UniPC-p converges with order p + 1). ``variant`` picks B(h): ``bh1`` = h, ``bh2`` = e^h − 1 (the paper's
     choices for few and for more steps). The last step (no evaluation after it) is not corrected, and a step
-    into σ = 0 uses the τ-extrapolation of the module docstring. NFE = K.
+    into σ = 0 uses the τ-extrapolation of the module docstring. NFE = K. ``clip_x0`` / ``dynamic_threshold``:
+    every x̂₀ thresholded before predictor and corrector use it (``sampler_base.x0_threshold``).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
     unipc_coefficients(1.0, [1.0], variant)  # validates the variant before any evaluation
+    threshold = x0_threshold(clip_x0, dynamic_threshold)
 
     def update(x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, a_t: float, sig_t: float,
                sig_s: float) -> Tensor:
@@ -242,4 +255,4 @@ def unipc(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid:
         return _unipc_step(space, x, x0s, lams, lam_t, a_t, sig_t, sig_s, variant, x0_t)
 
     return _run_multistep(eps_fn, schedule, space, x, grid, order, lower_order_final, callback, update,
-                          correct if corrector else None)
+                          correct if corrector else None, threshold=threshold)

@@ -2,6 +2,7 @@
 wrapper, the prior draw and the input checks (``sciddpm.samplers`` re-exports all of them)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,7 +13,6 @@ from .grids import check_grid
 from .objectives import EpsFn
 from .schedules import NoiseSchedule
 from .spaces import Space
-
 
 
 @dataclass
@@ -118,6 +118,47 @@ def _prepare(schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor) -> 
         raise ValueError("x_T contains NaN or inf")
     check_grid(schedule, grid)
     return space.project(x)
+
+
+X0Threshold = Callable[[Tensor], Tensor]
+
+
+def x0_threshold(clip_x0: tuple[float, float] | None = None, dynamic_threshold: float | None = None
+                 ) -> X0Threshold | None:
+    """The x̂₀ correction every x̂₀-forming sampler applies before using x̂₀ (None: none).
+
+    * ``clip_x0 = (a, b)``: static thresholding, x̂₀ ← clip(x̂₀, a, b) (Ho et al. 2020's clipping to the data range).
+    * with ``dynamic_threshold = p`` ∈ (0, 1) as well: dynamic thresholding (Saharia et al. 2022, Imagen §2.3),
+      in the coordinates y = (x̂₀ − m)/h that map [a, b] to [−1, 1] (m = (a + b)/2, h = (b − a)/2): per sample,
+      s = max(1, quantile_p |y|) over its elements, y ← clip(y, −s, s)/s, x̂₀ = m + h·y. Pixels beyond the range
+      are pushed inwards instead of saturating; s = 1 (no sample element beyond the range at level p) is the
+      static clip. The batch is the leading axis (dense states).
+    ValueError for a ≥ b, a non-finite bound, or p outside (0, 1) or without ``clip_x0``.
+    """
+    if dynamic_threshold is not None and clip_x0 is None:
+        raise ValueError("dynamic_threshold needs clip_x0 = (a, b), the data range it thresholds to")
+    if clip_x0 is None:
+        return None
+    try:
+        a, b = (float(v) for v in clip_x0)
+    except (TypeError, ValueError):
+        raise ValueError(f"clip_x0 must be two numbers (a, b), got {clip_x0!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b) and a < b):
+        raise ValueError(f"clip_x0 = ({a}, {b}) needs finite a < b")
+    if dynamic_threshold is None:
+        return lambda x0: x0.clamp(a, b)
+    p = float(dynamic_threshold)
+    if not 0 < p < 1:
+        raise ValueError(f"dynamic_threshold is a quantile level in (0, 1), got {p}")
+    mid, half = (a + b) / 2, (b - a) / 2
+
+    def dynamic(x0: Tensor) -> Tensor:
+        y = (x0 - mid) / half
+        flat = y.abs().reshape(y.shape[0], -1).float()
+        s = torch.quantile(flat, p, dim=1).clamp_min(1.0).to(y.dtype).reshape(-1, *([1] * (y.dim() - 1)))
+        return mid + half * (torch.maximum(torch.minimum(y, s), -s) / s)
+
+    return dynamic
 
 
 def _coef(value: Tensor, x: Tensor) -> Tensor | float:

@@ -24,7 +24,7 @@ from .grids import GridKind, check_grid, time_grid  # noqa: F401  (re-exported)
 from .multistep import dpm_solver_pp, dpm_solver_pp_3m, unipc  # noqa: F401  (re-exported)
 from .objectives import EpsFn, predict_x0
 from .sampler_base import (SamplerOutput, SamplerStep, StepCallback, _coef, _CountedEps, _prepare,  # noqa: F401
-                           _report, prior_sample)
+                           _report, prior_sample, x0_threshold)
 from .schedules import NoiseSchedule
 from .spaces import Space
 
@@ -34,15 +34,18 @@ from .spaces import Space
 # ==================================================================================================
 def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
          variance: str | Tensor | VarianceFn = "beta_tilde", generator: torch.Generator | None = None,
-         clip_x0: tuple[float, float] | None = None, callback: StepCallback | None = None) -> SamplerOutput:
+         clip_x0: tuple[float, float] | None = None, dynamic_threshold: float | None = None,
+         callback: StepCallback | None = None) -> SamplerOutput:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) on any grid, via the posterior q(x_s | x_t, x̂₀):
 
         μ = α_s β_{t|s}/σ_t² · x̂₀ + α_{t|s} σ_s²/σ_t² · x_t,   x_s = μ + v^{1/2} z,
 
     with v = β̃_{t|s} = σ_s² β_{t|s}/σ_t² (``beta_tilde``), v = β_{t|s} (``beta``), a supplied table
     of K per-step variances (e.g. Analytic-DPM's), or a callable (x_t, t, s, ε̂) → per-element variances
-    (SN/NPR-DPM's diagonal covariances). No noise is added on a step into σ_s = 0.
+    (SN/NPR-DPM's diagonal covariances). No noise is added on a step into σ_s = 0. ``clip_x0`` /
+    ``dynamic_threshold``: static or dynamic thresholding of x̂₀ (``x0_threshold``).
     """
+    threshold = x0_threshold(clip_x0, dynamic_threshold)
     x = _prepare(schedule, space, x, grid)
     steps = grid.numel() - 1
     variance_at = reverse_variance(schedule, variance, steps)
@@ -58,8 +61,8 @@ def ddpm(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
         eps = eps_fn(x, t)
         var = torch.as_tensor(variance_at(i, x, t, s, eps), dtype=torch.float64)
         x0 = predict_x0(eps, x, alpha[i], sigma[i])
-        if clip_x0 is not None:
-            x0 = x0.clamp(*clip_x0)
+        if threshold is not None:
+            x0 = threshold(x0)
         mean = c_x0[i] * x0 + c_xt[i] * x
         if noisy[i] and (var.device.type != "cpu" or bool((var > 0).any())):
             mean = mean + _coef(var.sqrt(), x) * space.noise(generator=generator, dtype=x.dtype)
@@ -96,14 +99,17 @@ def reverse_variance(schedule: NoiseSchedule, variance: str | Tensor | VarianceF
 
 
 def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor, t: Tensor, s: Tensor, var: Tensor, *,
-                   generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None) -> Tensor:
+                   generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None,
+                   dynamic_threshold: float | None = None) -> Tensor:
     """One ancestral step t → s: x_s = μ̃(x_t, x̂₀) + v^{1/2} z with the posterior mean
-    μ̃ = α_s β_{t|s}/σ_t² · x̂₀ + α_{t|s} σ_s²/σ_t² · x_t and x̂₀ = (x_t − σ_t ε̂)/α_t (no noise into σ_s = 0)."""
+    μ̃ = α_s β_{t|s}/σ_t² · x̂₀ + α_{t|s} σ_s²/σ_t² · x_t and x̂₀ = (x_t − σ_t ε̂)/α_t (no noise into σ_s = 0),
+    x̂₀ thresholded as ``x0_threshold(clip_x0, dynamic_threshold)`` says."""
+    threshold = x0_threshold(clip_x0, dynamic_threshold)
     sig2_t, sig2_s = schedule.sigma_sq(t), schedule.sigma_sq(s)
     b_ts = schedule.skip_beta(s, t)
     x0 = predict_x0(eps, x, _coef(schedule.alpha(t), x), _coef(sig2_t.sqrt(), x))
-    if clip_x0 is not None:
-        x0 = x0.clamp(*clip_x0)
+    if threshold is not None:
+        x0 = threshold(x0)
     mean = _coef(schedule.alpha(s) * b_ts / sig2_t, x) * x0 + _coef(schedule.skip_alpha(s, t) * sig2_s / sig2_t, x) * x
     var = torch.as_tensor(var, dtype=torch.float64)
     if float(sig2_s) > 0 and bool((var > 0).any()):
@@ -113,7 +119,8 @@ def ancestral_step(eps: Tensor, schedule: NoiseSchedule, space: Space, x: Tensor
 
 def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *, eta: float = 0.0,
          variance: str | Tensor | VarianceFn | None = None, generator: torch.Generator | None = None,
-         clip_x0: tuple[float, float] | None = None, callback: StepCallback | None = None) -> SamplerOutput:
+         clip_x0: tuple[float, float] | None = None, dynamic_threshold: float | None = None,
+         callback: StepCallback | None = None) -> SamplerOutput:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) on any grid:
 
         x_s = α_s x̂₀ + (σ_s² − c²)^{1/2} ε̂ + c z,   c² = η² β̃_{t|s} = η² σ_s² β_{t|s}/σ_t².
@@ -125,10 +132,13 @@ def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
     added noise has the given variance v instead (the DDIM-type generalised process of Bao et al. 2022a,
     Analytic-DPM Thm. 1 with λ² = η² β̃, and its diagonal SN/NPR form, Bao et al. 2022b):
     x_s = α_s x̂₀ + (σ_s² − λ²)^{1/2} ε̂ + v^{1/2} z, e.g. Analytic-DDIM's v* = (σ_t/α_{t|s} − σ_s)² (1 − Γ_t)
-    for η = 0. The callable sees the network's ε̂ (before any ``clip_x0``). No noise on a step into σ_s = 0.
+    for η = 0. The callable sees the network's ε̂ (before any thresholding). No noise on a step into σ_s = 0.
+    ``clip_x0`` / ``dynamic_threshold``: x̂₀ thresholded (``x0_threshold``) and ε̂ re-derived from it,
+    ε̂ = (x_t − α_t x̂₀)/σ_t, so the step stays on the DDIM trajectory through the corrected x̂₀.
     """
     if eta < 0:
         raise ValueError("eta must be >= 0")
+    threshold = x0_threshold(clip_x0, dynamic_threshold)
     x = _prepare(schedule, space, x, grid)
     steps = grid.numel() - 1
     variance_at = reverse_variance(schedule, variance, steps) if variance is not None else None
@@ -146,8 +156,8 @@ def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
         eps = eps_fn(x, t)
         var = variance_at(i, x, t, s, eps) if variance_at is not None else None
         x0 = predict_x0(eps, x, alpha[i], sigma[i])
-        if clip_x0 is not None:
-            x0 = x0.clamp(*clip_x0)
+        if threshold is not None:
+            x0 = threshold(x0)
             eps = (x - alpha[i] * x0) / sigma[i]
         x = alpha[i + 1] * x0 + keep[i] * eps
         if var is None:
@@ -374,16 +384,17 @@ def heun(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: 
 
 
 def dpm_solver_pp_2m(eps_fn: EpsFn, schedule: NoiseSchedule, space: Space, x: Tensor, grid: Tensor, *,
-                     lower_order_final: bool = True, callback: StepCallback | None = None) -> SamplerOutput:
+                     lower_order_final: bool = True, clip_x0: tuple[float, float] | None = None,
+                     dynamic_threshold: float | None = None, callback: StepCallback | None = None) -> SamplerOutput:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), the multistep 2nd-order data-prediction solver:
 
         x_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x − α_{t_i} (e^{−h_i} − 1) D_i,   D_i = x̂₀_{i−1} + (x̂₀_{i−1} − x̂₀_{i−2})/(2r_i),
 
     h = log(α/σ) differences, r_i = h_{i−1}/h_i; D_i = x̂₀_{i−1} on the first step and, with ``lower_order_final``
     and K < 15, on the last. A step into σ = 0 extrapolates x̂₀ to τ = σ²/α² = 0 (``sciddpm.multistep``).
-    ``dpm_solver_pp(order=2)``."""
+    ``dpm_solver_pp(order=2)``, thresholding included."""
     return dpm_solver_pp(eps_fn, schedule, space, x, grid, order=2, lower_order_final=lower_order_final,
-                         callback=callback)
+                         clip_x0=clip_x0, dynamic_threshold=dynamic_threshold, callback=callback)
 
 
 SAMPLERS: dict[str, Callable[..., SamplerOutput]] = {

@@ -283,6 +283,14 @@ def latest_checkpoint(output: Path) -> Path:
     return ckpts[-1]
 
 
+def resume_point(output: Path) -> Path | None:
+    """The newest checkpoint of a run folder to resume from, or None for a fresh run (no checkpoint yet)."""
+    try:
+        return latest_checkpoint(Path(output)) if (Path(output) / "checkpoints").is_dir() else None
+    except ValueError:
+        return None
+
+
 def _max_time(value: str | None) -> str | timedelta | None:
     if value is None:
         return None

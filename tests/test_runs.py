@@ -67,8 +67,20 @@ class _SignalAt(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+@pytest.fixture
+def interactive_signals():
+    """The handlers an interactive process has. A shell's background job (``cmd &``) inherits SIGINT ignored, and
+    GracefulStop rightly leaves an ignored signal ignored; this test is about a signal that is delivered."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_finishes_the_step_keeps_everything_and_resumes(tmp_path, one_thread, signum):
+def test_interrupt_finishes_the_step_keeps_everything_and_resumes(tmp_path, one_thread, interactive_signals, signum):
     """In process: a signal during step 8 of a 12-step run (checkpoints every 5) ends training after that step with
     step=8.ckpt beside step=5.ckpt; nothing is removed; the handlers are restored; resuming with a larger
     max_steps continues from step 8, the loss log is one step-ordered history without duplicates, and every logged

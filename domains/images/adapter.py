@@ -61,6 +61,7 @@ class ImagesDomain(Domain):
     name = "images"
     data_range = (-1.0, 1.0)
     resolution = 2.0 / 255.0
+    threshold_x0 = True  # x̂₀ clipped to [−1, 1] by every thresholding sampler unless the caller says otherwise
     sample_suffix = ".npy"
     sample_suffixes = (".npy", ".npz", ".png")
     min_eval_samples = 2  # the Fréchet distance needs the samples' covariance

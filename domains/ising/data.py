@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sciddpm.inputs import read_npz
 from sciddpm.outputs import atomic_path
 
 
@@ -193,13 +194,7 @@ def load_lattices(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, n
     """Read an ``.npz`` lattice file: (spins int8 [n, L, L], temperature float64 [n], the other arrays by name).
     One-line ValueError for a missing file, a missing field, a wrong shape or values other than ±1."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Ising lattice file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable .npz file ({str(exc).splitlines()[0]})") from None
+    arrays = read_npz(path, "Ising lattice")
     for key in ("spins", "temperature"):
         if key not in arrays:
             raise ValueError(f"{path}: missing array {key!r} (has {sorted(arrays)})")

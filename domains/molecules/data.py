@@ -14,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from sciddpm.inputs import read_npz
+
 from .metrics import ATOMIC_NUMBERS, ELEMENTS
 
 REQUIRED_FIELDS: tuple[str, ...] = ("pos", "z", "n_atoms", "index")
@@ -226,13 +228,7 @@ def load_qm9(path: str | Path, smiles_path: str | Path | None = None) -> QM9Data
     (one per molecule). Raises a one-line ``ValueError`` naming the file and field on bad input.
     """
     npz = _resolve_npz(path)
-    if not npz.is_file():
-        raise ValueError(f"{npz}: QM9 file not found")
-    try:
-        with np.load(npz, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{npz}: cannot read as .npz ({err})") from None
+    arrays = read_npz(npz, "QM9")
     smiles = None
     spath = Path(smiles_path) if smiles_path is not None else _default_smiles_path(npz)
     if smiles_path is not None and not spath.is_file():

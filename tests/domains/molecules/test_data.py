@@ -167,10 +167,10 @@ def test_nan_coordinates_name_the_molecule(tmp_path: Path) -> None:
 
 
 def test_missing_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"qm9\.npz: QM9 file not found"):
+    with pytest.raises(ValueError, match=r"QM9 file not found: .*qm9\.npz"):
         load_qm9(tmp_path)
     (tmp_path / "junk.npz").write_text("not a zip")
-    with pytest.raises(ValueError, match=r"junk\.npz: cannot read"):
+    with pytest.raises(ValueError, match=r"junk\.npz: not a readable \.npz file"):
         load_qm9(tmp_path / "junk.npz")
 
 
