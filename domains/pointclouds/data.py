@@ -17,12 +17,13 @@ for its partial inputs); the fraction of the shape's points kept is returned wit
 """
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sciddpm.inputs import read_npz
 
 #: The fewest points a cloud read from a file may have.
 MIN_POINTS = 32
@@ -161,20 +162,15 @@ def load_shapes(path: str | Path, n_points: int | None = None) -> ShapeSet:
 
 
 def _load_npz(path: Path) -> ShapeSet:
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            missing = [k for k in ("points", "label", "classes") if k not in d.files]
-            if missing:
-                raise ValueError(f"{path}: missing array {missing[0]!r} (need points, label, classes)")
-            points = d["points"].astype(np.float32)
-            s = len(points)
-            is_train = d["is_train"].astype(bool) if "is_train" in d.files else np.ones(s, bool)
-            name = d["name"] if "name" in d.files else np.array([f"shape_{i:05d}" for i in range(s)])
-            label, classes = d["label"].astype(np.int64), [str(c) for c in d["classes"]]
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: cannot read ({exc})") from None
+    d = read_npz(path, "point-cloud")
+    missing = [k for k in ("points", "label", "classes") if k not in d]
+    if missing:
+        raise ValueError(f"{path}: missing array {missing[0]!r} (need points, label, classes)")
+    points = d["points"].astype(np.float32)
+    s = len(points)
+    is_train = d["is_train"].astype(bool) if "is_train" in d else np.ones(s, bool)
+    name = d["name"] if "name" in d else np.array([f"shape_{i:05d}" for i in range(s)])
+    label, classes = d["label"].astype(np.int64), [str(c) for c in d["classes"]]
     if points.ndim != 3 or points.shape[2] != 3:
         raise ValueError(f"{path}: 'points' must be [S, N, 3], got {points.shape}")
     if not np.isfinite(points).all():

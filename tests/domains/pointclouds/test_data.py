@@ -99,3 +99,13 @@ def test_bad_files_are_one_line_errors_naming_the_file(tmp_path: Path, name, con
 def test_full_modelnet40_loads():
     shapes = load_shapes(FULL, n_points=64)
     assert shapes.points.shape == (12311, 64, 3) and int(shapes.is_train.sum()) == 9843 and len(shapes.classes) == 40
+
+
+def test_bad_npz_is_a_one_line_error(tmp_path: Path):
+    np.savez(tmp_path / "no_label.npz", points=np.zeros((2, 64, 3), np.float32), classes=np.array(["a"]))
+    with pytest.raises(ValueError, match=r"no_label.npz: missing array 'label'"):
+        load_shapes(tmp_path / "no_label.npz")
+    np.savez(tmp_path / "nan.npz", points=np.full((2, 64, 3), np.nan, np.float32), label=np.zeros(2, np.int8),
+             classes=np.array(["a"]))
+    with pytest.raises(ValueError, match=r"nan.npz: 'points' holds non-finite values"):
+        load_shapes(tmp_path / "nan.npz")
