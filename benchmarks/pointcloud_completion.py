@@ -188,8 +188,8 @@ def diffusion_model(args: argparse.Namespace, data: dict, backbone: dict) -> tup
 
 
 def sample_clouds(model: Any, partial: torch.Tensor, sampler: str, steps: int, seed: int, clip: float) -> np.ndarray:
-    """Completions of each partial; DDPM/DDIM clip x̂₀ to [−clip, clip] (clip > 0)."""
-    options = {"clip_x0": (-clip, clip)} if clip > 0 else {}
+    """Completions of each partial; x̂₀ clipped to [−clip, clip] (clip > 0), not clipped at all for clip = 0."""
+    options = {"clip_x0": (-clip, clip) if clip > 0 else None}
     out = model.sample(len(partial), sampler=sampler, steps=steps, seed=seed, conditions={"partial": partial},
                        **options)
     return out.sample.cpu().numpy()

@@ -11,7 +11,7 @@ bundled subset ``tests/data/modelnet40_tiny.npz``), ``classes`` (training classe
 ``per_class`` (at most this many shapes per class and split; default all; ``per_class_test`` for the test split), ``n_points`` N (256), ``n_partial`` M
 (128), ``views`` per training shape (4; the test set gets one fixed view per shape), ``partial_kinds``
 (``["hpr", "crop"]``, taken in turn), ``gamma`` (HPR, 1.5), ``camera_distance`` (3.0), ``crop`` (0.5), ``seed`` (0), ``clip`` (1.0: the box that
-``sciddpm complete`` clips DDPM/DDIM's x̂₀ to; 0 = off).
+every thresholding sampler clips x̂₀ to by default, ``Domain.threshold_x0``; 0 = off).
 Conditions for ``sample_space``: ``partial`` ([M', 3] for all samples or [n, M', 3]; any M') and ``reference``
 ([N', 3] or [n, N', 3]); without them the samples complete a bank of held-out partials saved with the model.
 """
@@ -60,6 +60,7 @@ class PointCloudDomain(Domain):
     sample_suffix = ".ply"
     sample_suffixes = (".ply", ".npy")
     default_schedule: dict[str, Any] = {"type": "linear", "num_steps": 1000}
+    threshold_x0 = True  # every thresholding sampler clips x̂₀ to ``data_range`` (the ``clip`` box) by default
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -85,6 +86,13 @@ class PointCloudDomain(Domain):
         data range): option ``clip`` (default 1.0, the unit sphere's box; 0 turns it off)."""
         value = float(self.options.get("clip", 1.0))
         return value if value > 0 else None
+
+    @property
+    def data_range(self) -> tuple[float, float] | None:  # type: ignore[override]
+        """[−c, c] per coordinate (the ``clip`` box; None when it is off): the x̂₀ box of ``threshold_x0`` and
+        Analytic-DPM's data bound."""
+        c = self.clip_box
+        return None if c is None else (-c, c)
 
     def view_options(self) -> dict[str, float]:
         o = self.options

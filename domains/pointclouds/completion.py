@@ -10,6 +10,7 @@ put it (0 where all completions agree). K = 1 gives u ≡ 0 (stated in the summa
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from sciddpm.outputs import atomic_path, require_suffix
+from sciddpm.samplers import get_sampler
 
 from .metrics import chamfer_l1, completion_metrics, nearest_distances
 
@@ -96,9 +98,9 @@ def run_complete(model: Any, partial: np.ndarray, output: Path, samples: int = 8
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
     conditions: dict[str, Any] = {"partial": torch.as_tensor(partial, dtype=torch.float32)}
-    clip = model.domain.clip_box
-    options = {"clip_x0": (-clip, clip)} if clip is not None and sampler in ("ddpm", "ddim") else {}
-    out = model.sample(samples, sampler=sampler, steps=steps, seed=seed, conditions=conditions, **options)
+    # the domain's threshold_x0 makes every sampler that takes clip_x0 clip x̂₀ to its data_range (the clip box)
+    thresholds = "clip_x0" in inspect.signature(get_sampler(sampler)).parameters
+    out = model.sample(samples, sampler=sampler, steps=steps, seed=seed, conditions=conditions)
     clouds = model.domain.refine(out.sample, out.space).cpu()
     m, u = medoid_and_uncertainty(clouds)
     best, unc = clouds[m].numpy(), u.numpy().astype(np.float32)
@@ -108,7 +110,7 @@ def run_complete(model: Any, partial: np.ndarray, output: Path, samples: int = 8
         with atomic_path(output) as tmp:
             np.save(tmp, np.concatenate([best, unc[:, None]], 1).astype(np.float32))
     summary: dict[str, Any] = {"input": source, "output": str(output), "samples": samples, "sampler": sampler,
-                               "steps": steps, "clip_x0": options.get("clip_x0"), "refined": model.domain.refiner is not None,
+                               "steps": steps, "clip_x0": model.domain.data_range if thresholds else None, "refined": model.domain.refiner is not None,
                                "points": int(len(best)), "mean_uncertainty": float(unc.mean()),
                                "max_uncertainty": float(unc.max())}
     if samples == 1:
