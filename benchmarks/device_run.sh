@@ -16,6 +16,9 @@
 # machine's start): the training-step breakdown (eager variants) and EDM's speed rows (eager and compiled core,
 # fp32 and bf16, sampling 100 molecules), then the paper EGNN trained for QM9_MINUTES (default 6) and 1000
 # molecules sampled per row including 1000-step DDPM, with the CUDA tests beside the training run.
+# PLAN=domains is the newer domains' CUDA check (a few device-minutes, committed data only): the CUDA tests, then
+# every new domain benchmark's --smoke pipeline on the GPU (ising, torsions, pointclouds, timeseries), one after the
+# other, each under a time limit. DEVICE=cpu runs the same plan on a CPU, which is how it is tested without a GPU.
 set -u
 DATA=${1:-.devdata}
 PLAN=${2:-all}
@@ -25,7 +28,8 @@ L=/tmp/sciddpm_logs
 mkdir -p "$OUT" "$R" "$L"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3 PYTHONPATH=$PWD
 [ -e sciddpm/domains ] || ln -s ../domains sciddpm/domains  # the package-dir mapping, without an install
-python3 -c "import sciddpm.domains.molecules, sciddpm.domains.images, torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" || exit 3
+DEVICE=${DEVICE:-cuda}
+python3 -c "import sciddpm.domains.molecules, sciddpm.domains.images, torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if '$DEVICE' == 'cuda' else 'cpu')" || exit 3
 
 snapshot() { tar czf "$OUT/.snap.tgz" -C /tmp sciddpm_results sciddpm_logs 2>/dev/null && mv "$OUT/.snap.tgz" "$OUT/results.tgz"; }
 ( while true; do sleep 20; snapshot; done ) &
@@ -39,6 +43,17 @@ job() {  # job NAME SECONDS COMMAND...: run with a time limit, log to $L/NAME.lo
 
 FM=$DATA/fashion_mnist
 QM=$DATA/qm9/qm9.npz
+if [ "$PLAN" = domains ]; then
+  [ "$DEVICE" = cuda ] && job pytest_gpu 230 python3 -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider -p no:warnings -rs
+  job ising_smoke 120 python3 benchmarks/ising_thermo_maps.py --smoke --device "$DEVICE"
+  job ala2_smoke 120 python3 benchmarks/ala2_temperatures.py --smoke --device "$DEVICE"
+  job pointclouds_smoke 120 python3 benchmarks/pointcloud_completion.py --smoke --device "$DEVICE"
+  job batadal_smoke 120 python3 benchmarks/batadal.py --smoke --device "$DEVICE"
+  kill $SNAPPER 2>/dev/null
+  snapshot
+  cat "$L/status.txt"
+  exit 0
+fi
 if [ "$PLAN" = qm9 ]; then
   job qm9_train_step 100 python3 benchmarks/qm9_train_step.py --device cuda --steps 20 --data "$QM" --results-dir "$R"
   job qm9_speed 240 python3 benchmarks/qm9_edm.py --speed-only --speed-steps 20 --device cuda --data "$QM" --speed-json "$R/qm9_speed.json"
