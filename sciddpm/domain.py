@@ -103,10 +103,15 @@ class Domain(ABC):
         return torch.utils.data.default_collate(items)
 
     def split_batch(self, batch: Any, parts: int) -> list[Any]:
-        """Split a batch into ``parts`` interleaved shards (rows k::parts); used for device-count-invariant noise."""
-        if not isinstance(batch, Tensor):
-            raise ValueError(f"domain {self.name!r} cannot split its batches; set noise_shards: 1")
-        return [batch[k::parts] for k in range(parts)]
+        """Split a batch into ``parts`` interleaved shards (rows k::parts); used for device-count-invariant noise.
+        A tensor, or a tuple/list of tensors with a common leading (sample) axis, e.g. (x₀, labels); other batch
+        types (graphs) need the domain's own split."""
+        if isinstance(batch, Tensor):
+            return [batch[k::parts] for k in range(parts)]
+        if isinstance(batch, (tuple, list)) and batch and all(isinstance(b, Tensor) for b in batch) \
+                and len({len(b) for b in batch}) == 1:
+            return [type(batch)(b[k::parts] for b in batch) for k in range(parts)]
+        raise ValueError(f"domain {self.name!r} cannot split its batches; set noise_shards: 1")
 
     @abstractmethod
     def sample_space(self, n: int, generator: torch.Generator | None = None,

@@ -192,3 +192,21 @@ def test_compile_network_compiles_a_backbone_without_core_whole():
     assert counter.frame_count == 1
     assert list(compiled.state_dict()) == list(eager.state_dict())
     torch._dynamo.reset()
+
+
+def test_default_split_batch_shards_tensors_and_tuples_of_tensors():
+    """Domain.split_batch (device-count-invariant noise): rows k::parts of a tensor or of every tensor of a tuple
+    (x₀, labels), kept together; tensors of different lengths or non-tensor batches are refused in one line."""
+    from examples.tabular_domain import TabularDomain
+
+    domain = TabularDomain({})
+    x, y = torch.arange(10.0).reshape(5, 2), torch.arange(5)
+    shards = domain.split_batch((x, y), 2)
+    assert [type(s) for s in shards] == [tuple, tuple]
+    assert torch.equal(shards[0][0], x[0::2]) and torch.equal(shards[0][1], y[0::2])
+    assert torch.equal(shards[1][0], x[1::2]) and torch.equal(shards[1][1], y[1::2])
+    assert [torch.equal(a, b) for a, b in zip(domain.split_batch(x, 3), (x[0::3], x[1::3], x[2::3]))] == [True] * 3
+    for bad in ((x, y[:4]), {"x": x}, ()):
+        with pytest.raises(ValueError, match="cannot split its batches") as err:
+            domain.split_batch(bad, 2)
+        assert "\n" not in str(err.value)

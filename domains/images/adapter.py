@@ -104,10 +104,6 @@ class ImagesDomain(Domain):
     def collate(self, items: list[Any]) -> tuple[Tensor, Tensor]:
         return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
 
-    def split_batch(self, batch: Any, parts: int) -> list[Any]:
-        x, y = batch
-        return [(x[k::parts], y[k::parts]) for k in range(parts)]
-
     # -- model ------------------------------------------------------------------------------------
     def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
         """The UNet of ``config`` (over ``SMALL_UNET``) reading t through ``schedule.c_noise`` (required)."""

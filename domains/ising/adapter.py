@@ -102,10 +102,6 @@ class IsingDomain(Domain):
         spins = torch.stack([it[0] for it in items])
         return spins + self.dequant_std * torch.randn_like(spins), torch.stack([it[1] for it in items])
 
-    def split_batch(self, batch: Any, parts: int) -> list[Any]:
-        x, t = batch
-        return [(x[k::parts], t[k::parts]) for k in range(parts)]
-
     # -- model ------------------------------------------------------------------------------------
     def _lattice_size(self) -> int:
         if self.size is None:

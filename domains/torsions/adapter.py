@@ -121,9 +121,6 @@ class TorsionsDomain(Domain):
         """(x₀ [B, 2] float32, T [B] float64 in K)."""
         return tuple(default_collate(items))
 
-    def split_batch(self, batch: Any, parts: int) -> list[Any]:
-        return [tuple(part[k::parts] for part in batch) for k in range(parts)]
-
     # -- model ------------------------------------------------------------------------------------
     def build_backbone(self, config: dict[str, Any], schedule: NoiseSchedule | None = None) -> nn.Module:
         """``TorsionNet`` (periodic Fourier features on the torus, raw coordinates for ``geometry: euclidean``).
