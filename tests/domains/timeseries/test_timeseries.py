@@ -176,11 +176,27 @@ def test_constant_sensor_that_moves_is_the_top_sensor(export, tmp_path):
 
 
 @pytest.mark.slow
-def test_batadal_benchmark_smoke_run():
-    """benchmarks/batadal.py --smoke: the whole pipeline (training, calibration, baselines, table) on the excerpt."""
-    from benchmarks.batadal import main as benchmark
+def test_batadal_benchmark_smoke_run(tmp_path, monkeypatch):
+    """benchmarks/batadal.py --smoke: the whole pipeline (training, calibration, baselines, table) on the excerpt,
+    written to its temporary folder (kept here as tmp_path), never over the committed results."""
+    import json
+    from types import SimpleNamespace
 
-    benchmark(["--smoke"])
+    import benchmarks.batadal as bench
+
+    committed = bench.RESULTS_DIR / "batadal.json"
+    before = committed.read_text() if committed.is_file() else None
+    monkeypatch.setattr(bench.tempfile, "TemporaryDirectory",
+                        lambda prefix: SimpleNamespace(name=str(tmp_path), cleanup=lambda: None))
+    bench.main(["--smoke"])
+    out = json.loads((tmp_path / "batadal.json").read_text())
+    names = [r["detector"] for r in out["rows"]]
+    assert any(n.startswith("diffusion forecaster") for n in names) and "PCA Q/SPE" in names
+    assert sum(n.startswith("published:") for n in names) == 6
+    measured = [r for r in out["rows"] if not r["detector"].startswith("published:")]
+    assert all(0.0 <= r["S"] <= 1.0 for r in measured)  # BATADAL's S of every measured detector is a score
+    assert (tmp_path / "batadal_test.png").stat().st_size > 0
+    assert (committed.read_text() if committed.is_file() else None) == before
 
 
 def test_imputation_mode_keeps_observed_sensors_and_samples_the_rest(export):
